@@ -1,0 +1,342 @@
+"""The library's entry: ``foldrunner.run(spec) -> DataFrame``.
+
+Follow one fold: spec -> plan -> preflight -> supervisor -> child -> outcome -> journal
+-> results. This module wires those steps together and owns the run directory.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import proctree
+from .child import ChildTask, decode_frames
+from .errors import InterruptedRun, PreflightError, RunDirError
+from .gpus import Inventory, make_slots
+from .journal import Journal
+from .launcher import get_context, start_child
+from .outcome import AttemptResult, ChildOutcome, Status, Timing
+from .paths import RunPaths
+from .plan import Fold, Plan, build_plan
+from .results import build_table, write_results
+from .spec import Spec, load_spec
+from .supervisor import Events, Limits, Slot, Supervisor
+
+Overrides = Sequence[str] | Mapping[str, Any]
+
+
+@dataclass
+class RunOptions:
+    """Choices of one invocation that are not part of the spec."""
+
+    run_dir: Path | None = None
+    resume: bool = False
+    gpus: list[int] | str | None = None
+    workers: int | None = None
+    start_method: str = "forkserver"
+    inventory: Inventory | None = None
+    deadline: float | None = None
+    """``time.monotonic()`` after which nothing is launched and running folds are cancelled."""
+    handle_signals: bool = True
+    """Turn SIGINT, SIGTERM and SIGHUP into a clean stop (main thread only)."""
+
+
+def prepare_spec(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec, overrides: Overrides = (),
+                 **kw: Any) -> Spec:
+    """Load and validate a spec with overrides; ``a__b=v`` keywords mean ``a.b=v``."""
+    extra = {k.replace("__", "."): v for k, v in kw.items()}
+    if extra:
+        if isinstance(overrides, Mapping):
+            merged: Overrides = {**overrides, **extra}
+        else:
+            merged = [*overrides, *(f"{k}={_yaml_value(v)}" for k, v in extra.items())]
+    else:
+        merged = overrides
+    return load_spec(spec, merged)
+
+
+def _yaml_value(v: Any) -> str:
+    import json
+
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+def limits_of(spec: Spec) -> Limits:
+    lim, retry = spec.limits, spec.retry
+    return Limits(
+        timeout=lim.timeout, grace=lim.grace, exit_timeout=lim.exit_timeout, stall=lim.stall,
+        max_rss=lim.max_rss, attempts=retry.attempts,
+        retry_on=frozenset(Status(s) for s in retry.on), backoff=retry.backoff,
+    )
+
+
+class ResultsWriter:
+    """Rewrites the results files as folds finish, at most every few seconds."""
+
+    def __init__(self, journal: Journal, paths: RunPaths) -> None:
+        self.journal, self.paths = journal, paths
+        self.last = 0.0
+
+    def attempt_started(self, fold: Fold, attempt: int, slot: Slot) -> None:
+        pass
+
+    def attempt_ended(self, fold: Fold, result: AttemptResult, final: bool) -> None:
+        if final and time.monotonic() - self.last >= Timing.RESULTS_FLUSH_INTERVAL:
+            self.flush()
+
+    def flush(self) -> pd.DataFrame:
+        df = build_table(self.journal)
+        write_results(df, self.paths)
+        self.last = time.monotonic()
+        return df
+
+
+class _Fanout:
+    def __init__(self, *sinks: Events) -> None:
+        self.sinks = sinks
+
+    def attempt_started(self, fold: Fold, attempt: int, slot: Slot) -> None:
+        for s in self.sinks:
+            s.attempt_started(fold, attempt, slot)
+
+    def attempt_ended(self, fold: Fold, result: AttemptResult, final: bool) -> None:
+        for s in self.sinks:
+            s.attempt_ended(fold, result, final)
+
+
+def preflight(spec: Spec, paths: RunPaths, entry_blob: bytes | None, start_method: str) -> None:
+    """Import the entry point once in a child process; raise PreflightError if it fails."""
+    log_path = paths.preflight_log
+    task = ChildTask(
+        fold_id="preflight", trial=0, replicate=0, fold=0, folds=spec.cv.folds, seed=spec.cv.seed,
+        attempt=1, params=dict(spec.params), gpu=None, run_dir=str(paths.root),
+        log_path=str(log_path), workdir=str(spec.workdir), entrypoint=spec.entrypoint,
+        entrypoint_blob=entry_blob, env=dict(spec.env), marker=f"preflight/{uuid.uuid4().hex[:8]}",
+        preflight=True,
+    )
+    from multiprocess.connection import wait
+
+    child = start_child(get_context(start_method), task)
+    buf = bytearray()
+    outcome: ChildOutcome | None = None
+    deadline = time.monotonic() + Timing.PREFLIGHT_TIMEOUT
+    timed_out = False
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                break
+            ready = wait([child.fd, child.sentinel], left)
+            if child.fd in ready:
+                try:
+                    chunk = os.read(child.fd, 1 << 20)
+                except BlockingIOError:
+                    chunk = b"-"
+                buf += chunk if chunk != b"-" else b""
+                for payload in decode_frames(buf):
+                    import pickle
+
+                    msg = pickle.loads(payload)
+                    if msg[0] == "result":
+                        outcome = msg[1]
+            if child.sentinel in ready:
+                break
+    finally:
+        import signal
+
+        proctree.killpg(child.pid, signal.SIGKILL)
+        for p in proctree.marked_processes(task.marker):
+            proctree.send([p], signal.SIGKILL)
+        child.process.join(Timing.REAP_WAIT)
+        code = child.process.exitcode
+        child.close()
+    where = f"entrypoint {spec.entrypoint!r} (workdir {spec.workdir})"
+    if timed_out:
+        raise PreflightError(
+            f"{where}: importing it took longer than {Timing.PREFLIGHT_TIMEOUT:g}s; see {log_path}"
+        )
+    if outcome is None:
+        how = f"killed by {proctree.signal_name(-code)}" if code and code < 0 else f"exited with code {code}"
+        raise PreflightError(f"{where}: the process importing it {how}; see {log_path}")
+    if outcome.status is not Status.OK:
+        tail = outcome.traceback.strip().splitlines()[-6:]
+        detail = "\n".join("    " + line for line in tail)
+        raise PreflightError(
+            f"{where}: cannot load it: {outcome.error_type}: {outcome.error}\n{detail}"
+        )
+
+
+def run(
+    spec: str | os.PathLike[str] | Mapping[str, Any] | Spec,
+    run_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    *,
+    entrypoint: Callable[..., Any] | None = None,
+    overrides: Overrides = (),
+    events: Events | None = None,
+    options: RunOptions | None = None,
+    notes: Callable[[str], None] | None = None,
+    **override_kw: Any,
+) -> pd.DataFrame:
+    """Run every fold of ``spec``; return the results table (one row per fold).
+
+    ``spec`` is a path, a dict or a :class:`Spec`; ``overrides`` are ``-o`` style strings
+    or a mapping of dotted keys; keyword overrides use ``__`` for dots
+    (``run(spec, limits__timeout="10m")``). ``entrypoint=`` replaces the spec's entry
+    point by a callable, sent to each fold with dill.
+    """
+    opts = options or RunOptions()
+    if run_dir is not None:
+        opts.run_dir = Path(run_dir)
+    opts.resume = opts.resume or resume
+    s = prepare_spec(spec, overrides, **override_kw)
+    plan = build_plan(s)
+    paths = RunPaths(Path(opts.run_dir) if opts.run_dir else s.run_dir())
+    _check_run_dir(paths, opts.resume)
+    paths.make()
+    entry_blob = _dill(entrypoint) if entrypoint is not None else None
+    preflight(s, paths, entry_blob, opts.start_method)
+    gpus = opts.gpus if opts.gpus is not None else s.resources.gpus
+    slots, slot_notes = make_slots(
+        gpus, per_gpu=s.resources.per_gpu,
+        workers=opts.workers if opts.workers is not None else s.resources.workers,
+        min_free_memory=s.resources.min_free_memory, inventory=opts.inventory,
+    )
+    for n in slot_notes:
+        (notes or _no_notes)(n)
+    with Journal(paths.journal) as journal:
+        run_id = _open_journal(journal, s, plan, opts.resume)
+        _write_spec(paths, s)
+        done = journal.ok_folds()
+        counts = journal.attempt_counts()
+        work = [(f, counts.get(f.fold_id, 0) + 1) for f in plan.folds if f.fold_id not in done]
+        writer = ResultsWriter(journal, paths)
+        sup = Supervisor(
+            journal=journal, paths=paths, run_id=run_id, slots=slots, limits=limits_of(s),
+            entrypoint=s.entrypoint, entrypoint_blob=entry_blob, workdir=str(s.workdir),
+            env=dict(s.env), events=_Fanout(writer, *([events] if events else [])),
+            start_method=opts.start_method, deadline=opts.deadline,
+        )
+        with _stop_on_signals(sup, opts.handle_signals):
+            try:
+                sup.run(work)
+            finally:
+                df = writer.flush()
+                df.attrs["planned"] = len(plan.folds)
+    if sup.stop_status is Status.CANCELLED and sup.stop_reason.startswith("interrupted"):
+        raise InterruptedRun(
+            f"{sup.stop_reason}: finished results are kept in {paths.root}; "
+            f"run again with --resume to finish the rest",
+            results=df,
+        )
+    return df
+
+
+@contextmanager
+def _stop_on_signals(sup: Supervisor, enabled: bool) -> Iterator[None]:
+    """SIGINT, SIGTERM, SIGHUP: stop cleanly; a second one kills at once."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    count = 0
+
+    def handler(signum: int, _frame: Any) -> None:
+        nonlocal count
+        count += 1
+        name = signal.Signals(signum).name
+        sup.request_stop(Status.CANCELLED, f"interrupted by {name}", hard=count > 1)
+
+    sigs = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+    old = {s: signal.signal(s, handler) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _no_notes(_: str) -> None:
+    pass
+
+
+def _dill(fn: Callable[..., Any]) -> bytes:
+    import dill
+
+    try:
+        return bytes(dill.dumps(fn, recurse=True))
+    except Exception as exc:  # noqa: BLE001 - any serialization failure is a usage error
+        raise PreflightError(f"entrypoint= {fn!r} cannot be sent to a fold with dill: {exc}") from exc
+
+
+def _check_run_dir(paths: RunPaths, resume: bool) -> None:
+    if paths.root.exists() and not paths.root.is_dir():
+        raise RunDirError(f"run directory {paths.root} exists and is not a directory")
+    if paths.journal.exists() and not resume:
+        raise RunDirError(
+            f"run directory {paths.root} already holds a run (journal.sqlite): "
+            "add --resume to finish it, or choose another --run-dir"
+        )
+
+
+def _open_journal(journal: Journal, spec: Spec, plan: Plan, resume: bool) -> str:
+    meta = journal.meta()
+    if resume and "plan_hash" in meta:
+        if meta["plan_hash"] != plan.hash:
+            raise RunDirError(_plan_difference(journal, plan, meta["plan_hash"]))
+        _close_interrupted(journal)
+        return meta["run_id"]
+    run_id = uuid.uuid4().hex[:12]
+    journal.initialise(run_id=run_id, spec_yaml=spec.to_yaml(), plan=plan, name=spec.name)
+    return run_id
+
+
+def _plan_difference(journal: Journal, plan: Plan, old_hash: str) -> str:
+    import json
+
+    old = {r["fold_id"]: (r["seed"], json.loads(r["params"])) for r in journal.folds()}
+    new = {f.fold_id: (f.seed, json.loads(json.dumps(dict(f.params), default=repr))) for f in plan.folds}
+    diffs = []
+    if set(old) != set(new):
+        diffs.append(f"the journal has {len(old)} folds, this spec gives {len(new)}")
+    for fid in sorted(set(old) & set(new)):
+        if old[fid] != new[fid]:
+            diffs.append(f"fold {fid}: journal {old[fid]}, spec {new[fid]}")
+            break
+    what = "; ".join(diffs) or "the plan hash differs"
+    return (
+        f"cannot resume: this spec's plan ({plan.hash}) differs from the journal's ({old_hash}): "
+        f"{what}. Resume with the spec in the run directory's spec.yaml, or start a new run dir."
+    )
+
+
+def _close_interrupted(journal: Journal) -> None:
+    """Attempts left 'running' by a dead orchestrator end as cancelled (interrupted)."""
+    now = time.time()
+    for a in journal.attempts():
+        if a["status"] == Status.RUNNING.value:
+            journal.end_attempt(
+                AttemptResult(
+                    fold_id=a["fold_id"], attempt=a["attempt"], status=Status.CANCELLED,
+                    started_at=a["started_at"], ended_at=now,
+                    duration_s=max(0.0, now - a["started_at"]), gpu=a["gpu"], pid=a["pid"],
+                    error="interrupted: the orchestrator ended while this attempt ran",
+                    log_path=a["log_path"],
+                )
+            )
+
+
+def _write_spec(paths: RunPaths, spec: Spec) -> None:
+    tmp = paths.spec.with_name(".spec.yaml.tmp")
+    tmp.write_text(spec.to_yaml())
+    os.replace(tmp, paths.spec)

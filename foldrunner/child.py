@@ -1,0 +1,258 @@
+"""The child's side: one fresh process runs one attempt of one fold.
+
+:func:`child_main` is the whole life of a fold's process. It takes its own session,
+asks the kernel for a signal when its parent dies, sets its environment (the spec's
+``env``, ``CUDA_VISIBLE_DEVICES``, TensorFlow's memory growth, the run's marker),
+sends its stdout and stderr to the attempt's log, imports the entry point, calls it
+with a :class:`FoldContext` and always ends by sending a typed :class:`ChildOutcome`
+through its own result pipe. It never raises: any exception becomes an outcome.
+
+This module is preloaded by the fold server, so it imports only what is light.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import os
+import pickle
+import resource
+import signal
+import struct
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .context import FoldContext, check_metrics
+from .outcome import ChildOutcome, Status
+
+#: the environment variable every process of a fold inherits: ``<run token>/<fold id>/<attempt>``
+MARKER_ENV = "FOLDRUNNER_FOLD"
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+_FRAME_HEADER = struct.Struct("!Q")
+
+#: exception type names that mean the fold ran out of memory
+MEMORY_ERROR_NAMES = frozenset({"MemoryError", "ResourceExhaustedError", "OutOfMemoryError"})
+
+
+@dataclass
+class ChildTask:
+    """Everything one attempt needs, sent to the child as one pickled object."""
+
+    fold_id: str
+    trial: int
+    replicate: int
+    fold: int
+    folds: int
+    seed: int
+    attempt: int
+    params: dict[str, Any]
+    gpu: int | None
+    run_dir: str
+    log_path: str
+    workdir: str
+    entrypoint: str
+    """``module:function``; ignored when ``entrypoint_blob`` is set."""
+    entrypoint_blob: bytes | None = None
+    """A callable serialized with dill (``foldrunner.run(..., entrypoint=f)``)."""
+    env: dict[str, str] = field(default_factory=dict)
+    marker: str = ""
+    preflight: bool = False
+    """Only import the entry point and check that it is callable; do not call it."""
+
+
+def encode_frame(message: Any) -> bytes:
+    """A length-prefixed pickle: what travels on a result pipe."""
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _FRAME_HEADER.pack(len(payload)) + payload
+
+
+def decode_frames(buf: bytearray) -> list[bytes]:
+    """Take every complete frame's payload off the front of ``buf``."""
+    out: list[bytes] = []
+    pos = 0
+    n = len(buf)
+    while n - pos >= _FRAME_HEADER.size:
+        (size,) = _FRAME_HEADER.unpack_from(buf, pos)
+        end = pos + _FRAME_HEADER.size + size
+        if end > n:
+            break
+        out.append(bytes(buf[pos + _FRAME_HEADER.size : end]))
+        pos = end
+    if pos:
+        del buf[:pos]
+    return out
+
+
+class _Sender:
+    """Writes whole frames to the result pipe; safe to call from several threads."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.lock = threading.Lock()
+
+    def __call__(self, message: Any) -> None:
+        self.send_bytes(encode_frame(message))
+
+    def send_bytes(self, data: bytes) -> None:
+        view = memoryview(data)
+        with self.lock:
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+
+
+def _prctl(option: int, arg: int) -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(option, arg, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: nothing to set
+        pass
+
+
+def _redirect_output(log_path: str) -> None:
+    """Send fds 1 and 2 (and so every subprocess's output) to the attempt's log."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    for target in (1, 2):
+        os.dup2(fd, target)
+    os.close(fd)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    sys.stdout = open(1, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
+    sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
+
+
+def _set_environment(task: ChildTask) -> None:
+    env = os.environ
+    env.update(task.env)
+    env["CUDA_VISIBLE_DEVICES"] = "" if task.gpu is None else str(task.gpu)
+    env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
+    env[MARKER_ENV] = task.marker
+    env["FOLDRUNNER_RUN_DIR"] = task.run_dir
+    if task.workdir and task.workdir not in sys.path:
+        sys.path.insert(0, task.workdir)
+
+
+def resolve_entrypoint(task: ChildTask) -> Callable[..., Any]:
+    """Import ``module:function`` (or load the dill blob) and check it is callable."""
+    if task.entrypoint_blob is not None:
+        import dill
+
+        fn = dill.loads(task.entrypoint_blob)
+        name = getattr(fn, "__qualname__", repr(fn))
+    else:
+        module_name, _, attr = task.entrypoint.partition(":")
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            try:
+                obj = getattr(obj, part)
+            except AttributeError:
+                raise AttributeError(
+                    f"module {module_name!r} has no attribute {attr!r}"
+                    f" (from {getattr(sys.modules[module_name], '__file__', '?')})"
+                ) from None
+        fn, name = obj, task.entrypoint
+    if not callable(fn):
+        raise TypeError(f"entry point {name} is a {type(fn).__name__}, not a callable")
+    return fn  # type: ignore[no-any-return]
+
+
+def _error_outcome(exc: BaseException, started: float) -> ChildOutcome:
+    name = type(exc).__name__
+    return ChildOutcome(
+        status=Status.ERROR,
+        error_type=name,
+        error=str(exc),
+        traceback="".join(traceback.format_exception(exc)),
+        memory_error=name in MEMORY_ERROR_NAMES,
+        started_at=started,
+        ended_at=time.time(),
+    )
+
+
+def _maxrss_kb() -> int:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return int(max(own, kids))
+
+
+def run_task(task: ChildTask, send: Callable[[Any], None]) -> ChildOutcome:
+    """Run the entry point of ``task``; return its outcome (raises only ``SystemExit``)."""
+    started = time.time()
+    try:
+        fn = resolve_entrypoint(task)
+        if task.preflight:
+            return ChildOutcome(status=Status.OK, started_at=started, ended_at=time.time())
+        ctx = FoldContext(
+            params=dict(task.params),
+            trial=task.trial,
+            fold=task.fold,
+            folds=task.folds,
+            replicate=task.replicate,
+            seed=task.seed,
+            attempt=task.attempt,
+            gpu=task.gpu,
+            run_dir=Path(task.run_dir),
+            fold_id=task.fold_id,
+            log_path=Path(task.log_path),
+            _send=send,
+        )
+        started = time.time()
+        metrics = check_metrics(fn(ctx))
+        return ChildOutcome(
+            status=Status.OK, metrics=metrics, started_at=started, ended_at=time.time()
+        )
+    except SystemExit as exc:
+        print(
+            f"foldrunner: the entry point called sys.exit({exc.code!r}) without returning a result",
+            file=sys.stderr,
+        )
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the child turns every failure into an outcome
+        return _error_outcome(exc, started)
+
+
+def child_main(task_blob: bytes, result_conn: Any) -> None:
+    """The target of every fold's process (see the module's docstring)."""
+    os.setsid()
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.set_inheritable(result_conn.fileno(), False)  # a fold's own children never hold it
+    send = _Sender(result_conn.fileno())
+    task: ChildTask = pickle.loads(task_blob)
+    _redirect_output(task.log_path)
+    _set_environment(task)
+    send(("started", os.getpid(), time.time()))
+    outcome = run_task(task, send)
+    outcome.maxrss_kb = _maxrss_kb()
+    try:
+        frame = encode_frame(("result", outcome))
+    except Exception as exc:  # noqa: BLE001 - any pickling failure becomes an error outcome
+        msg = f"the result could not be pickled: {type(exc).__name__}: {exc}"
+        print(f"foldrunner: {msg}", file=sys.stderr)
+        err = ChildOutcome(
+            status=Status.ERROR,
+            error_type="UnpicklableResult",
+            error=msg,
+            traceback="".join(traceback.format_exception(exc)),
+            started_at=outcome.started_at,
+            ended_at=outcome.ended_at,
+            maxrss_kb=outcome.maxrss_kb,
+        )
+        frame = encode_frame(("result", err))
+    if outcome.status is Status.ERROR and outcome.traceback:
+        sys.stderr.write(outcome.traceback)
+    send.send_bytes(frame)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass

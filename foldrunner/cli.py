@@ -1,0 +1,187 @@
+"""The command line: a thin layer over the library.
+
+Exit codes: 0 all folds ok; 1 some fold failed after its retries (or the deadline
+passed); 2 bad spec or usage; 75 the run dir is locked by another live run;
+130 interrupted (resumable).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from .errors import FoldrunnerError, UsageError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 75, 130
+
+
+def _fail(exc: FoldrunnerError) -> NoReturn:
+    click.echo(f"foldrunner: error: {exc}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a command; turn foldrunner's errors into a message and their exit code."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FoldrunnerError as exc:
+            _fail(exc)
+
+    return wrapper
+
+
+def _gpus_option(value: str | None) -> list[int] | str | None:
+    if value is None:
+        return None
+    v = value.strip().lower()
+    if v in ("auto", "none"):
+        return v
+    try:
+        out = [int(x) for x in v.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--gpus {value!r}: expected auto, none or indices like 0,1") from None
+    if any(i < 0 for i in out) or len(set(out)) != len(out):
+        raise UsageError(f"--gpus {value!r}: indices must be distinct and >= 0")
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="foldrunner")
+def main() -> None:
+    """Run every cross-validation fold in a fresh process."""
+
+
+@main.command("run")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a spec value, e.g. -o limits.timeout=10m (repeatable).")
+@click.option("--run-dir", type=click.Path(file_okay=False), help="Run directory (default: output.dir).")
+@click.option("--resume", is_flag=True, help="Finish a run: only folds without an ok result.")
+@click.option("--gpus", help="GPUs to use: auto, none or indices like 0,1.")
+@click.option("--workers", type=click.IntRange(min=1), help="Concurrent folds without GPUs.")
+@click.option("--deadline", help="Stop launching and cancel running folds after this long (e.g. 6h).")
+@_guard
+def run_cmd(spec: str, overrides: tuple[str, ...], run_dir: str | None, resume: bool,
+            gpus: str | None, workers: int | None, deadline: str | None) -> None:
+    """Run every fold of SPEC."""
+    from .api import RunOptions, run
+    from .live import PlainLines
+    from .spec import parse_duration
+
+    deadline_at = None
+    if deadline is not None:
+        try:
+            deadline_at = time.monotonic() + parse_duration(deadline)
+        except ValueError as exc:
+            raise UsageError(f"--deadline {deadline!r}: {exc}") from None
+    opts = RunOptions(
+        run_dir=Path(run_dir) if run_dir else None, resume=resume,
+        gpus=_gpus_option(gpus), workers=workers, deadline=deadline_at,
+    )
+    printer = PlainLines()
+    df = run(spec, overrides=list(overrides), options=opts, events=printer, notes=printer.note)
+    printer.summary(df)
+    failed = int((df["status"] != "ok").sum()) if len(df) else 0
+    incomplete = len(df) < int(df.attrs.get("planned", len(df)))
+    sys.exit(EXIT_FAILED if failed or incomplete else EXIT_OK)
+
+
+@main.command("plan")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "markdown"]), default="table")
+@_guard
+def plan_cmd(spec: str, overrides: tuple[str, ...], fmt: str) -> None:
+    """Validate SPEC and list its folds; launch nothing."""
+    import pandas as pd
+
+    from .plan import build_plan
+    from .results import render
+    from .spec import load_spec
+
+    s = load_spec(spec, list(overrides))
+    plan = build_plan(s)
+    rows = [
+        {"fold_id": f.fold_id, "trial": f.trial, "replicate": f.replicate, "fold": f.fold,
+         "seed": f.seed, **{f"param_{k}": v for k, v in f.params.items()}}
+        for f in plan.folds
+    ]
+    if fmt == "table":
+        click.echo(
+            f"{s.name}: {len(plan.trials)} trial(s) x {s.cv.replicates} replicate(s) x "
+            f"{s.cv.folds} fold(s) = {len(plan.folds)} folds; plan {plan.hash}; "
+            f"run dir {s.run_dir()}"
+        )
+    click.echo(render(pd.DataFrame(rows), fmt))
+
+
+@main.command("results")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--summary", is_flag=True, help="One row per trial, ranked by the objective.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "markdown"]), default="table")
+@_guard
+def results_cmd(run_dir: str, summary: bool, fmt: str) -> None:
+    """Print the results table of RUN_DIR."""
+    from .results import load_results, render, summarize
+
+    df = load_results(run_dir)
+    if summary:
+        metric, mode = _objective(Path(run_dir))
+        df = summarize(df, metric, mode)
+    elif fmt == "table":
+        df = df.drop(columns=["started_at", "ended_at", "log"], errors="ignore")
+    click.echo(render(df, fmt))
+
+
+def _objective(run_dir: Path) -> tuple[str | None, str]:
+    from .spec import load_spec
+
+    spec_path = run_dir / "spec.yaml"
+    if not spec_path.exists():
+        return None, "max"
+    try:
+        s = load_spec(spec_path)
+    except FoldrunnerError:
+        return None, "max"
+    if s.objective is None:
+        return None, "max"
+    return s.objective.metric, s.objective.mode
+
+
+@main.command("gpus")
+@_guard
+def gpus_cmd() -> None:
+    """List the GPUs NVML sees, their memory and processes."""
+    from .gpus import NoGpus, NvmlInventory
+
+    try:
+        devices = NvmlInventory().devices()
+    except NoGpus as exc:
+        click.echo(f"No GPUs: {exc}.")
+        return
+    if not devices:
+        click.echo("No GPUs: NVML sees none.")
+        return
+    mib = 1024 * 1024
+    for d in devices:
+        util = "?" if d.utilization is None else f"{d.utilization}%"
+        click.echo(
+            f"GPU {d.index}: {d.name}  {d.free_bytes // mib} MiB free of {d.total_bytes // mib} MiB"
+            f"  util {util}  {len(d.processes)} process(es)"
+        )
+        for p in d.processes:
+            used = "?" if p.used_bytes is None else f"{p.used_bytes // mib} MiB"
+            click.echo(f"    pid {p.pid}: {used}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

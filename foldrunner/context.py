@@ -1,0 +1,130 @@
+"""The child's view of its fold: :class:`FoldContext`, handed to the entry point.
+
+Imported in every fold's process: keep it free of heavy imports (scikit-learn is
+imported only by :meth:`FoldContext.split`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SPLIT_KINDS = ("kfold", "stratified", "group")
+
+
+@dataclass
+class FoldContext:
+    """Everything a fold needs to know about itself.
+
+    ``seed`` is the split seed of this replicate: the same for every trial, so that
+    all trials see the same splits. ``gpu`` is the physical GPU index the fold is
+    pinned to (``CUDA_VISIBLE_DEVICES`` is set to it), or ``None``.
+    """
+
+    params: dict[str, Any]
+    trial: int
+    fold: int
+    folds: int
+    replicate: int
+    seed: int
+    attempt: int
+    gpu: int | None
+    run_dir: Path
+    fold_id: str
+    log_path: Path
+    _send: Callable[[tuple[Any, ...]], None] | None = field(default=None, repr=False)
+
+    def report(self, **metrics: Any) -> None:
+        """Send intermediate metrics (a heartbeat) to the supervisor.
+
+        The latest report of each running fold is shown by ``foldrunner status`` and
+        the live view. Values should be numbers or strings.
+        """
+        clean = {str(k): _plain(v) for k, v in metrics.items()}
+        if self._send is not None:
+            self._send(("report", clean, time.time()))
+
+    def split(
+        self,
+        X: Any,
+        y: Any = None,
+        groups: Any = None,
+        kind: str = "kfold",
+        shuffle: bool = True,
+    ) -> tuple[Any, Any]:
+        """This fold's ``(train_indices, validation_indices)``, by scikit-learn's splitters.
+
+        ``kind`` is ``kfold`` (``KFold``), ``stratified`` (``StratifiedKFold``, needs
+        ``y``) or ``group`` (``GroupKFold``, needs ``groups``). The splits are seeded by
+        the replicate's seed, so every trial sees the same ones.
+        """
+        if kind not in SPLIT_KINDS:
+            raise ValueError(f"ctx.split: kind must be one of {', '.join(SPLIT_KINDS)}; got {kind!r}")
+        try:
+            from sklearn import model_selection as ms
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                "ctx.split needs scikit-learn: pip install scikit-learn"
+            ) from exc
+        n = len(X)
+        if self.folds < 2:
+            raise ValueError(f"ctx.split needs cv.folds >= 2; this spec has cv.folds = {self.folds}")
+        if n < self.folds:
+            raise ValueError(f"ctx.split: {n} samples cannot give {self.folds} folds")
+        splitter: Any
+        if kind == "kfold":
+            splitter = ms.KFold(self.folds, shuffle=shuffle, random_state=self.seed if shuffle else None)
+        elif kind == "stratified":
+            if y is None:
+                raise ValueError("ctx.split(kind='stratified') needs y")
+            splitter = ms.StratifiedKFold(
+                self.folds, shuffle=shuffle, random_state=self.seed if shuffle else None
+            )
+        else:
+            if groups is None:
+                raise ValueError("ctx.split(kind='group') needs groups")
+            if len(set(groups)) < self.folds:
+                raise ValueError(
+                    f"ctx.split: {len(set(groups))} distinct groups cannot give {self.folds} folds"
+                )
+            splitter = ms.GroupKFold(self.folds)
+            if shuffle and "shuffle" in ms.GroupKFold.__init__.__code__.co_varnames:
+                splitter = ms.GroupKFold(self.folds, shuffle=True, random_state=self.seed)
+        for i, (train, val) in enumerate(splitter.split(X, y, groups)):
+            if i == self.fold:
+                return train, val
+        raise ValueError(f"ctx.split: fold {self.fold} out of range")  # pragma: no cover
+
+
+def _plain(v: Any) -> Any:
+    """numpy scalars and 0-d arrays to Python numbers; anything else unchanged."""
+    item = getattr(v, "item", None)
+    if item is not None and getattr(v, "shape", None) == ():
+        try:
+            return item()
+        except (TypeError, ValueError):
+            return v
+    return v
+
+
+def check_metrics(result: Any) -> dict[str, Any]:
+    """Validate an entry point's return value: a mapping of name to number or string."""
+    if not isinstance(result, Mapping):
+        raise TypeError(
+            f"the entry point returned {type(result).__name__}; "
+            "it must return a mapping of metric name to number or string"
+        )
+    out: dict[str, Any] = {}
+    for k, v in result.items():
+        if not isinstance(k, str) or not k:
+            raise TypeError(f"metric name {k!r} is not a non-empty string")
+        v = _plain(v)
+        if v is not None and not isinstance(v, (int, float, str, bool)):
+            raise TypeError(
+                f"metric {k!r} is a {type(v).__name__}; metrics must be numbers or strings"
+            )
+        out[k] = v
+    return out

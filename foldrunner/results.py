@@ -1,0 +1,151 @@
+"""The results table (one row per fold: its final attempt) and the per-trial summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .errors import UsageError
+from .journal import Journal
+from .paths import RunPaths
+
+#: the columns every results table has, in this order (then param_*, metric_*, extras)
+CORE_COLUMNS = [
+    "trial", "replicate", "fold", "fold_id", "seed", "status", "attempts", "duration_s",
+    "gpu", "peak_rss_mb", "peak_gpu_mb", "error",
+]
+EXTRA_COLUMNS = ["exit_code", "signal", "lingered", "started_at", "ended_at", "log"]
+FORMATS = ("table", "csv", "json", "markdown")
+
+
+def build_table(journal: Journal) -> pd.DataFrame:
+    """One row per fold that has an attempt: its final attempt, in plan order."""
+    return _table(journal.folds(), journal.attempts())
+
+
+def _table(folds: Sequence[sqlite3.Row], attempts: Sequence[sqlite3.Row]) -> pd.DataFrame:
+    last: dict[str, sqlite3.Row] = {}
+    for a in attempts:  # ordered by fold_id, attempt: the last one wins
+        last[a["fold_id"]] = a
+    rows: list[dict[str, Any]] = []
+    params_seen: dict[str, None] = {}
+    metrics_seen: dict[str, None] = {}
+    for f in folds:
+        a = last.get(f["fold_id"])
+        if a is None:
+            continue
+        params = json.loads(f["params"])
+        metrics = json.loads(a["metrics"] or "{}")
+        params_seen.update(dict.fromkeys(params))
+        metrics_seen.update(dict.fromkeys(metrics))
+        row: dict[str, Any] = {
+            "trial": f["trial"], "replicate": f["replicate"], "fold": f["fold"],
+            "fold_id": f["fold_id"], "seed": f["seed"], "status": a["status"],
+            "attempts": a["attempt"], "duration_s": a["duration_s"], "gpu": a["gpu"],
+            "peak_rss_mb": a["peak_rss_mb"], "peak_gpu_mb": a["peak_gpu_mb"],
+            "error": a["error"] or "",
+            "exit_code": a["exit_code"], "signal": a["signal"],
+            "lingered": bool(a["lingered"]), "started_at": a["started_at"],
+            "ended_at": a["ended_at"], "log": a["log_path"],
+        }
+        row.update({f"param_{k}": _cell(v) for k, v in params.items()})
+        row.update({f"metric_{k}": v for k, v in metrics.items()})
+        rows.append(row)
+    columns = (
+        CORE_COLUMNS
+        + [f"param_{k}" for k in params_seen]
+        + [f"metric_{k}" for k in metrics_seen]
+        + EXTRA_COLUMNS
+    )
+    df = pd.DataFrame(rows, columns=columns)
+    for col in ("gpu", "exit_code"):
+        df[col] = df[col].astype("Int64")
+    return df
+
+
+def _cell(v: Any) -> Any:
+    """Parameters that are lists or mappings become their JSON text in the table."""
+    return json.dumps(v) if isinstance(v, (list, dict)) else v
+
+
+def write_results(df: pd.DataFrame, paths: RunPaths) -> list[Path]:
+    """Write ``results.csv`` (and ``results.parquet`` where pyarrow is installed), atomically."""
+    written = [_atomic(paths.results_csv, lambda p: df.to_csv(p, index=False))]
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return written
+    written.append(_atomic(paths.results_parquet, lambda p: df.to_parquet(p, index=False)))
+    return written
+
+
+def _atomic(target: Path, write: Any) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def load_results(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """The results table of a run directory, read from its journal (live runs too)."""
+    paths = RunPaths(Path(run_dir))
+    if not paths.journal.exists():
+        raise UsageError(f"{paths.root} is not a foldrunner run directory: no journal.sqlite in it")
+    with Journal(paths.journal, readonly=True) as journal:
+        return build_table(journal)
+
+
+def summarize(df: pd.DataFrame, metric: str | None = None, mode: str = "max") -> pd.DataFrame:
+    """One row per trial: its params, ok/failed counts, mean and std of each metric.
+
+    Means and stds are over the trial's ``ok`` folds (all replicates). Ranked by
+    ``metric`` (``mode`` max or min) when given, trials without it last.
+    """
+    params = [c for c in df.columns if c.startswith("param_")]
+    metrics = [
+        c for c in df.columns if c.startswith("metric_") and pd.api.types.is_numeric_dtype(df[c])
+    ]
+    rows = []
+    for trial, g in df.groupby("trial", sort=True):
+        ok = g[g["status"] == "ok"]
+        row: dict[str, Any] = {"trial": trial}
+        row.update({p: g[p].iloc[0] for p in params})
+        row["folds_ok"] = int(len(ok))
+        row["folds_failed"] = int(len(g) - len(ok))
+        for m in metrics:
+            name = m[len("metric_") :]
+            row[f"{name}_mean"] = ok[m].mean() if len(ok) else float("nan")
+            row[f"{name}_std"] = ok[m].std(ddof=1) if len(ok) > 1 else float("nan")
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if metric and f"{metric}_mean" in out.columns:
+        out = out.sort_values(
+            f"{metric}_mean", ascending=(mode == "min"), na_position="last", kind="stable"
+        )
+        out.insert(0, "rank", range(1, len(out) + 1))
+    return out.reset_index(drop=True)
+
+
+def render(df: pd.DataFrame, fmt: str) -> str:
+    """The table as text: ``table`` (aligned), ``csv``, ``json`` (records) or ``markdown``."""
+    if fmt == "csv":
+        return str(df.to_csv(index=False))
+    if fmt == "json":
+        return str(df.to_json(orient="records", indent=2))
+    if fmt == "markdown":
+        return str(df.to_markdown(index=False, floatfmt=".4g"))
+    if fmt == "table":
+        return str(df.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    raise UsageError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")

@@ -1,0 +1,628 @@
+"""The supervisor's side: slots, launches, results and deaths, limits, retries.
+
+One thread runs :meth:`Supervisor.run`, a loop of named steps::
+
+    launch what is ready -> wait for a result pipe or a death -> read what came
+    -> end what died -> enforce the clocks (timeout, grace, linger, stall, memory)
+    -> finish off what folds left behind
+
+Every fold process ends in :meth:`Supervisor._finish`, reached only from the process's
+exit status (its sentinel), never from silence. "What happens when a fold times out"
+is :meth:`Supervisor._enforce_clocks` -> :meth:`Supervisor._begin_kill`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import random
+import signal
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import psutil
+from multiprocess.connection import wait
+
+from . import proctree
+from .child import ChildTask, decode_frames
+from .journal import Journal
+from .launcher import Child, get_context, start_child
+from .outcome import AttemptResult, ChildOutcome, Status, Timing
+from .paths import RunPaths
+from .plan import Fold
+
+MiB = 1024 * 1024
+log = logging.getLogger("foldrunner")
+
+
+@dataclass
+class Slot:
+    """A place for one fold at a time, on one GPU or none."""
+
+    index: int
+    gpu: int | None = None
+    busy: bool = False
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The clocks and limits the supervisor enforces, in seconds and bytes."""
+
+    timeout: float = 1800.0
+    grace: float = 10.0
+    exit_timeout: float = 30.0
+    stall: float | None = None
+    max_rss: int | None = None
+    attempts: int = 3
+    retry_on: frozenset[Status] = frozenset({Status.TIMEOUT, Status.CRASHED, Status.MEMORY})
+    backoff: float = 5.0
+
+
+class Events(Protocol):
+    """What the supervisor tells the outside world (progress, results files)."""
+
+    def attempt_started(self, fold: Fold, attempt: int, slot: Slot) -> None: ...
+
+    def attempt_ended(self, fold: Fold, result: AttemptResult, final: bool) -> None: ...
+
+
+class NoEvents:
+    def attempt_started(self, fold: Fold, attempt: int, slot: Slot) -> None:
+        pass
+
+    def attempt_ended(self, fold: Fold, result: AttemptResult, final: bool) -> None:
+        pass
+
+
+@dataclass
+class _Pending:
+    fold: Fold
+    attempt: int
+    not_before: float = 0.0
+    avoid_gpu: int | None = None
+
+
+@dataclass
+class _Running:
+    """One attempt in flight and everything the supervisor knows of it."""
+
+    fold: Fold
+    attempt: int
+    slot: Slot
+    child: Child
+    root: psutil.Process | None
+    marker: str
+    log_path: Path
+    started: float  # monotonic
+    started_wall: float
+    deadline: float
+    next_sample: float
+    buf: bytearray = field(default_factory=bytearray)
+    eof: bool = False
+    outcome: ChildOutcome | None = None
+    bad_frame: str = ""
+    result_at: float | None = None
+    last_report: dict[str, Any] | None = None
+    last_report_at: float | None = None
+    report_dirty: bool = False
+    report_written: float = 0.0
+    kill_status: Status | None = None
+    kill_reason: str = ""
+    kill_at: float | None = None
+    sigkilled: bool = False
+    lingered: bool = False
+    peak_rss: int = 0
+    members: dict[int, psutil.Process] = field(default_factory=dict)
+
+
+@dataclass
+class _Leftovers:
+    """Processes a fold left behind after its root ended: TERM sent, KILL at ``kill_at``."""
+
+    fold_id: str
+    pgid: int
+    procs: dict[int, psutil.Process]
+    kill_at: float
+    killed: bool = False
+    give_up_at: float = 0.0
+
+
+class Supervisor:
+    """Runs folds, each attempt in a fresh process, within ``slots``."""
+
+    def __init__(
+        self,
+        *,
+        journal: Journal,
+        paths: RunPaths,
+        run_id: str,
+        slots: list[Slot],
+        limits: Limits,
+        entrypoint: str,
+        entrypoint_blob: bytes | None = None,
+        workdir: str = "",
+        env: dict[str, str] | None = None,
+        events: Events | None = None,
+        start_method: str = "forkserver",
+        rng: random.Random | None = None,
+        deadline: float | None = None,
+    ) -> None:
+        self.journal = journal
+        self.paths = paths
+        self.run_id = run_id
+        self.slots = slots
+        self.limits = limits
+        self.entrypoint = entrypoint
+        self.entrypoint_blob = entrypoint_blob
+        self.workdir = workdir
+        self.env = dict(env or {})
+        self.events: Events = events or NoEvents()
+        self.ctx = get_context(start_method)
+        self.rng = rng or random.Random()
+        self.pending: deque[_Pending] = deque()
+        self.running: dict[int, _Running] = {}  # by root pid
+        self.leftovers: list[_Leftovers] = []
+        self.stop_status: Status | None = None
+        self.stop_reason = ""
+        self._fold_pids: set[int] = set()
+        self._our_children: set[int] = set()
+        self._stop_pending = False
+        self._stop_hard = False
+        self.deadline = deadline
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    # -- the loop ------------------------------------------------------------------
+    def run(self, work: Iterable[tuple[Fold, int]]) -> None:
+        """Run each ``(fold, first attempt number)`` until it ends for good."""
+        self.pending.extend(_Pending(f, n) for f, n in work)
+        self._our_children = set(proctree.child_pids())
+        was_subreaper = proctree.set_subreaper(True)
+        try:
+            while (self.pending and self.stop_status is None) or self.running or self.leftovers:
+                now = time.monotonic()
+                if self.deadline is not None and now >= self.deadline and self.stop_status is None:
+                    self.request_stop(Status.CANCELLED, "past the run's deadline")
+                self._apply_stop(now)
+                self._launch_ready(now)
+                self._wait_for_events(self._next_wakeup(now))
+                self._enforce_clocks(time.monotonic())
+                self._finish_leftovers(time.monotonic())
+        finally:
+            self._shutdown()
+            if not was_subreaper:
+                proctree.set_subreaper(False)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def request_stop(
+        self, status: Status = Status.CANCELLED, reason: str = "interrupted", hard: bool = False
+    ) -> None:
+        """Stop launching and end every running fold as ``status``.
+
+        Safe to call from a signal handler: it only records the request and wakes the
+        loop, which ends the folds (SIGTERM, then SIGKILL after ``grace``; at once when
+        ``hard``, e.g. on a second Ctrl-C).
+        """
+        if self.stop_status is None:
+            self.stop_status, self.stop_reason = status, reason
+        self._stop_hard = self._stop_hard or hard
+        self._stop_pending = True
+        try:
+            os.write(self._wake_w, b"!")
+        except (BlockingIOError, OSError):
+            pass
+
+    def _apply_stop(self, now: float) -> None:
+        if not self._stop_pending:
+            return
+        self._stop_pending = False
+        status = self.stop_status or Status.CANCELLED
+        for r in list(self.running.values()):
+            if r.outcome is not None:
+                continue
+            if r.kill_status is None:
+                self._begin_kill(r, status, self.stop_reason, now, hard=self._stop_hard)
+            elif self._stop_hard and not r.sigkilled:
+                self._sigkill(r)
+        if self._stop_hard:
+            for lo in self.leftovers:
+                lo.kill_at = min(lo.kill_at, now)
+
+    # -- step 1: launch ----------------------------------------------------------------
+    def _launch_ready(self, now: float) -> None:
+        if self.stop_status is not None:
+            return
+        for slot in self.slots:
+            if slot.busy or not self.pending:
+                continue
+            item = self._take_pending(now, slot)
+            if item is None:
+                break
+            self._launch(item, slot, now)
+
+    def _take_pending(self, now: float, slot: Slot) -> _Pending | None:
+        for i, item in enumerate(self.pending):
+            if item.not_before > now:
+                continue
+            if item.avoid_gpu is not None and item.avoid_gpu == slot.gpu and self._other_gpu_free(slot):
+                continue
+            del self.pending[i]
+            return item
+        return None
+
+    def _other_gpu_free(self, slot: Slot) -> bool:
+        return any(not s.busy and s.gpu != slot.gpu for s in self.slots)
+
+    def _launch(self, item: _Pending, slot: Slot, now: float) -> None:
+        fold, attempt = item.fold, item.attempt
+        log_path = self.paths.log(fold.fold_id, attempt)
+        marker = f"{self.run_id}/{fold.fold_id}/{attempt}"
+        task = ChildTask(
+            fold_id=fold.fold_id, trial=fold.trial, replicate=fold.replicate, fold=fold.fold,
+            folds=fold.folds, seed=fold.seed, attempt=attempt, params=dict(fold.params),
+            gpu=slot.gpu, run_dir=str(self.paths.root), log_path=str(log_path),
+            workdir=self.workdir, entrypoint=self.entrypoint,
+            entrypoint_blob=self.entrypoint_blob, env=self.env, marker=marker,
+        )
+        started_wall = time.time()
+        child = start_child(self.ctx, task)
+        try:
+            root: psutil.Process | None = psutil.Process(child.pid)
+            root_started = root.create_time() if root else None
+        except psutil.NoSuchProcess:
+            root, root_started = None, None
+        slot.busy = True
+        self._fold_pids.add(child.pid)
+        r = _Running(
+            fold=fold, attempt=attempt, slot=slot, child=child, root=root, marker=marker,
+            log_path=log_path, started=now, started_wall=started_wall,
+            deadline=now + self.limits.timeout, next_sample=now + Timing.FIRST_SAMPLE_DELAY,
+        )
+        self.running[child.pid] = r
+        self.journal.start_attempt(
+            fold.fold_id, attempt, started_at=started_wall, pid=child.pid,
+            pid_started_at=root_started, gpu=slot.gpu, log_path=str(log_path),
+        )
+        self.events.attempt_started(fold, attempt, slot)
+
+    # -- step 2: wait ------------------------------------------------------------------
+    def _next_wakeup(self, now: float) -> float:
+        times = [now + 1.0]
+        for r in self.running.values():
+            times.append(r.next_sample)
+            times.append(r.deadline if r.kill_at is None else r.kill_at)
+            if r.result_at is not None:
+                times.append(r.result_at + self.limits.exit_timeout)
+            if r.report_dirty:
+                times.append(r.report_written + 1.0)
+            if self.limits.stall and r.last_report_at is not None:
+                times.append(r.last_report_at + self.limits.stall)
+        if self.leftovers:
+            times.append(now + 0.05)
+        if self.stop_status is None and any(not s.busy for s in self.slots):
+            times.extend(p.not_before for p in self.pending)
+        if self.deadline is not None and self.stop_status is None:
+            times.append(self.deadline)
+        return max(0.0, min(times) - now)
+
+    def _wait_for_events(self, timeout: float) -> None:
+        by_fd: dict[int, _Running] = {}
+        by_sentinel: dict[int, _Running] = {}
+        for r in self.running.values():
+            if not r.eof:
+                by_fd[r.child.fd] = r
+            by_sentinel[r.child.sentinel] = r
+        ready = wait([self._wake_r, *by_fd, *by_sentinel], timeout)
+        if self._wake_r in ready:
+            try:
+                os.read(self._wake_r, 4096)
+            except BlockingIOError:
+                pass
+        ended: list[_Running] = []
+        for obj in ready:
+            if obj in by_fd:
+                self._read(by_fd[obj])
+            if obj in by_sentinel:
+                ended.append(by_sentinel[obj])
+        for r in ended:
+            self._finish(r)
+
+    # -- step 3: read what came --------------------------------------------------------
+    def _read(self, r: _Running) -> None:
+        while True:
+            try:
+                chunk = os.read(r.child.fd, 1 << 20)
+            except BlockingIOError:
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:
+                r.eof = True
+                break
+            r.buf += chunk
+        for payload in decode_frames(r.buf):
+            self._on_message(r, payload)
+
+    def _on_message(self, r: _Running, payload: bytes) -> None:
+        try:
+            message = pickle.loads(payload)
+            kind = message[0]
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure is the fold's fault
+            r.bad_frame = f"its result could not be unpickled: {type(exc).__name__}: {exc}"
+            return
+        now = time.monotonic()
+        if kind == "result":
+            r.outcome = message[1]
+            r.result_at = now
+        elif kind == "report":
+            r.last_report, r.last_report_at = message[1], now
+            r.report_dirty = True
+            self._flush_report(r, now)
+
+    def _flush_report(self, r: _Running, now: float, force: bool = False) -> None:
+        if r.report_dirty and r.last_report is not None and (force or now - r.report_written >= 1.0):
+            self.journal.set_report(r.fold.fold_id, r.attempt, r.last_report, time.time())
+            r.report_dirty, r.report_written = False, now
+
+    # -- step 4: end what died ---------------------------------------------------------
+    def _finish(self, r: _Running) -> None:
+        """The fold's root process has ended: classify, clean its tree, record, retry."""
+        r.child.process.join(0)
+        code = r.child.process.exitcode
+        self._read(r)
+        self._flush_report(r, time.monotonic(), force=True)
+        del self.running[r.child.pid]
+        status, error, tb, metrics, note = self._classify(r, code)
+        self._collect_leftovers(r)
+        ended_wall = time.time()
+        result = AttemptResult(
+            fold_id=r.fold.fold_id, attempt=r.attempt, status=status,
+            started_at=r.started_wall, ended_at=ended_wall,
+            duration_s=round(time.monotonic() - r.started, 6), gpu=r.slot.gpu,
+            pid=r.child.pid, exit_code=code if code is None or code >= 0 else None,
+            signal=proctree.signal_name(-code) if code is not None and code < 0 else None,
+            error=error, traceback=tb, metrics=metrics,
+            peak_rss_mb=self._peak_mb(r), lingered=r.lingered, note=note,
+            log_path=str(r.log_path),
+        )
+        r.child.close()
+        r.slot.busy = False
+        self.journal.end_attempt(result)
+        final = not (
+            status in self.limits.retry_on
+            and r.attempt < self.limits.attempts
+            and self.stop_status is None
+        )
+        if not final:
+            delay = self._backoff(r.attempt)
+            self.pending.append(
+                _Pending(r.fold, r.attempt + 1, time.monotonic() + delay, avoid_gpu=r.slot.gpu)
+            )
+        self.events.attempt_ended(r.fold, result, final)
+
+    def _classify(self, r: _Running, code: int | None) -> tuple[Status, str, str, dict[str, Any], str]:
+        """``(status, error, traceback, metrics, note)`` of an ended attempt."""
+        how = _describe_exit(code)
+        log = f"see {r.log_path}"
+        out = r.outcome
+        notes = []
+        if r.lingered:
+            notes.append(f"did not exit within exit_timeout {self.limits.exit_timeout:g}s "
+                         "after sending its result; its process tree was killed")
+        if out is not None:
+            if out.status is Status.OK:
+                if code not in (0, None) and not r.lingered:
+                    notes.append(f"{how} after sending its result")
+                return Status.OK, "", "", dict(out.metrics), "; ".join(notes)
+            status = Status.MEMORY if out.memory_error else Status.ERROR
+            return status, f"{out.error_type}: {out.error}", out.traceback, {}, "; ".join(notes)
+        if r.kill_status is not None:
+            return r.kill_status, f"{r.kill_reason} ({log})", "", {}, how
+        if r.bad_frame:
+            return Status.CRASHED, f"{r.bad_frame} ({log})", "", {}, how
+        return Status.CRASHED, f"{how} without sending a result ({log})", "", {}, ""
+
+    def _backoff(self, attempt: int) -> float:
+        base = self.limits.backoff * 2 ** (attempt - 1)
+        j = Timing.BACKOFF_JITTER
+        return base * self.rng.uniform(1 - j, 1 + j)
+
+    @staticmethod
+    def _peak_mb(r: _Running) -> float | None:
+        own = r.outcome.maxrss_kb * 1024 if r.outcome is not None else 0
+        peak = max(r.peak_rss, own)
+        return round(peak / MiB, 3) if peak else None
+
+    # -- step 5: the clocks ------------------------------------------------------------
+    def _enforce_clocks(self, now: float) -> None:
+        lim = self.limits
+        for r in list(self.running.values()):
+            if r.kill_at is not None:
+                if now >= r.kill_at and not r.sigkilled:
+                    self._sigkill(r)
+                continue
+            if r.result_at is not None:
+                if now >= r.result_at + lim.exit_timeout:
+                    r.lingered = True
+                    self._begin_kill(r, Status.OK, "lingered after its result", now)
+                continue
+            if now >= r.deadline:
+                self._begin_kill(r, Status.TIMEOUT, f"timed out after {lim.timeout:g}s", now)
+            elif lim.stall and r.last_report_at is not None and now >= r.last_report_at + lim.stall:
+                self._begin_kill(
+                    r, Status.TIMEOUT, f"stalled: no report for {lim.stall:g}s", now
+                )
+            elif now >= r.next_sample:
+                self._sample(r, now)
+            self._flush_report(r, now)
+
+    def _sample(self, r: _Running, now: float) -> None:
+        r.next_sample = now + Timing.SAMPLE_INTERVAL
+        if r.root is None:
+            return
+        procs = [r.root] + proctree.descendants(r.root.pid)
+        rss = 0
+        for p in procs:
+            try:
+                rss += p.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            if p.pid != r.root.pid:
+                r.members.setdefault(p.pid, p)
+        r.peak_rss = max(r.peak_rss, rss)
+        limit = self.limits.max_rss
+        if limit is not None and rss > limit and r.kill_status is None:
+            self._begin_kill(
+                r, Status.MEMORY,
+                f"its process tree used {rss / MiB:.0f} MiB, over max_rss {limit / MiB:.0f} MiB",
+                now, hard=True,
+            )
+
+    def _tree(self, r: _Running) -> list[psutil.Process]:
+        procs = [] if r.root is None else [r.root]
+        if r.root is not None:
+            for p in proctree.descendants(r.root.pid):
+                r.members.setdefault(p.pid, p)
+        procs += list(r.members.values())
+        return procs
+
+    def _begin_kill(self, r: _Running, status: Status, reason: str, now: float, hard: bool = False) -> None:
+        """End a running fold: SIGTERM to its whole tree, SIGKILL after ``grace``."""
+        if status is not Status.OK:
+            r.kill_status, r.kill_reason = status, reason
+        procs = self._tree(r)
+        if hard:
+            proctree.killpg(r.child.pid, signal.SIGKILL)
+            proctree.send(procs, signal.SIGKILL)
+            r.sigkilled = True
+            r.kill_at = now
+            return
+        proctree.killpg(r.child.pid, signal.SIGTERM)
+        proctree.send(procs, signal.SIGTERM)
+        r.kill_at = now + self.limits.grace
+
+    def _sigkill(self, r: _Running) -> None:
+        procs = self._tree(r)
+        proctree.killpg(r.child.pid, signal.SIGKILL)
+        proctree.send(procs, signal.SIGKILL)
+        r.sigkilled = True
+        if r.kill_status is not None:
+            r.kill_reason += f"; still alive {self.limits.grace:g}s after SIGTERM, killed with SIGKILL"
+
+    # -- step 6: what folds leave behind -----------------------------------------------
+    def _collect_leftovers(self, r: _Running) -> None:
+        """After a fold's root ended, find what it left: its group, its marked orphans."""
+        procs: dict[int, psutil.Process] = {}
+        for pid, p in r.members.items():
+            if _alive(p):
+                procs[pid] = p
+        for pid in proctree.child_pids():
+            if pid in self._our_children or pid in procs:
+                continue
+            marker = proctree.read_marker(pid)
+            ids = proctree.stat_ids(pid)
+            ours = marker == r.marker or (ids is not None and r.child.pid in ids[1:])
+            if not ours:
+                continue
+            try:
+                p = psutil.Process(pid)
+            except psutil.NoSuchProcess:
+                continue
+            procs[pid] = p
+            for d in proctree.descendants(pid):
+                procs.setdefault(d.pid, d)
+        signalled = proctree.killpg(r.child.pid, signal.SIGTERM if not r.sigkilled else signal.SIGKILL)
+        if not procs and not signalled:
+            return
+        proctree.send(procs.values(), signal.SIGTERM if not r.sigkilled else signal.SIGKILL)
+        now = time.monotonic()
+        kill_at = r.kill_at if r.kill_at is not None else now + self.limits.grace
+        self.leftovers.append(
+            _Leftovers(r.fold.fold_id, r.child.pid, procs, kill_at, r.sigkilled,
+                       give_up_at=kill_at + Timing.REAP_WAIT)
+        )
+
+    def _finish_leftovers(self, now: float) -> None:
+        me = os.getpid()
+        children = proctree.child_pids()
+        for lo in list(self.leftovers):
+            for pid in children:  # zombies and orphans of the group that came back to us
+                ids = proctree.stat_ids(pid)
+                if pid not in lo.procs and ids is not None and lo.pgid in ids[1:]:
+                    try:
+                        lo.procs[pid] = psutil.Process(pid)
+                    except psutil.NoSuchProcess:
+                        pass
+            if now >= lo.kill_at and not lo.killed:
+                proctree.killpg(lo.pgid, signal.SIGKILL)
+                for p in list(lo.procs.values()):
+                    for d in proctree.descendants(p.pid):
+                        lo.procs.setdefault(d.pid, d)
+                proctree.send(lo.procs.values(), signal.SIGKILL)
+                lo.killed = True
+            for pid, p in list(lo.procs.items()):
+                if _alive(p):
+                    continue
+                try:
+                    if p.ppid() == me:
+                        proctree.reap(pid)
+                except psutil.NoSuchProcess:
+                    pass
+                if not _alive(p, zombie_is_alive=True):
+                    del lo.procs[pid]
+            if not lo.procs and not proctree.killpg(lo.pgid, 0):
+                self.leftovers.remove(lo)
+            elif now >= lo.give_up_at:
+                log.warning(
+                    "fold %s left processes that did not die after SIGKILL: %s",
+                    lo.fold_id, sorted(lo.procs) or f"process group {lo.pgid}",
+                )
+                self.leftovers.remove(lo)
+
+    # -- the end -------------------------------------------------------------------
+    def _shutdown(self) -> None:
+        """Kill whatever still runs (on an error or stop), wait for every tree to end."""
+        now = time.monotonic()
+        self._apply_stop(now)
+        for r in list(self.running.values()):
+            if r.kill_at is None and r.outcome is None:
+                reason = self.stop_reason or "the supervisor stopped"
+                self._begin_kill(r, self.stop_status or Status.CANCELLED, reason, now)
+            elif r.kill_at is None:
+                self._begin_kill(r, Status.OK, "ended with the supervisor", now)
+        deadline = now + self.limits.grace + Timing.REAP_WAIT
+        while (self.running or self.leftovers) and time.monotonic() < deadline:
+            self._wait_for_events(0.05)
+            self._apply_stop(time.monotonic())
+            self._enforce_clocks(time.monotonic())
+            self._finish_leftovers(time.monotonic())
+        for r in list(self.running.values()):  # pragma: no cover - a process that won't die
+            self._sigkill(r)
+            r.child.process.join(Timing.REAP_WAIT)
+            if r.child.pid in self.running:
+                self._finish(r)
+
+
+def _alive(p: psutil.Process, zombie_is_alive: bool = False) -> bool:
+    try:
+        if not p.is_running():
+            return False
+        return zombie_is_alive or p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "ended"
+    if code < 0:
+        return f"killed by {proctree.signal_name(-code)}"
+    return f"exited with code {code}"
+
