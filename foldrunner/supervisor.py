@@ -521,7 +521,7 @@ class Supervisor:
         """After a fold's root ended, find what it left: its group, its marked orphans."""
         procs: dict[int, psutil.Process] = {}
         for pid, p in r.members.items():
-            if _alive(p):
+            if _alive(p, zombie_is_alive=True):
                 procs[pid] = p
         for pid in proctree.child_pids():
             if pid in self._our_children or pid in procs:

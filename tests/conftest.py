@@ -1,0 +1,99 @@
+"""Shared fixtures: every test that starts processes must leave none behind."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from foldrunner import proctree
+
+HERE = Path(__file__).parent
+FOLDS = HERE / "folds"
+
+
+def surviving_fold_processes() -> list[psutil.Process]:
+    """Live processes carrying a foldrunner marker, started by this test session."""
+    out = []
+    for p in proctree.marked_processes(""):
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+def zombie_children() -> list[int]:
+    out = []
+    for pid in proctree.child_pids():
+        ids = proctree.stat_ids(pid)
+        if ids is not None and ids[0] == "Z":
+            out.append(pid)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def no_process_survives():
+    """After each test: no fold process alive, no zombie left among our children."""
+    before = set(proctree.child_pids())
+    yield
+    deadline = time.monotonic() + 3.0
+    while True:
+        alive = surviving_fold_processes()
+        zombies = [z for z in zombie_children() if z not in before]
+        if not alive and not zombies:
+            break
+        if time.monotonic() > deadline:
+            for p in alive:
+                try:
+                    p.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            pytest.fail(
+                f"processes survived the test: {[p.pid for p in alive]}; zombies {zombies}"
+            )
+        time.sleep(0.05)
+
+
+def base_spec(tmp_path: Path, **sections) -> dict:
+    """A small valid spec dict over the test folds, with fast limits."""
+    spec = {
+        "name": "t",
+        "entrypoint": "matrix:train",
+        "workdir": str(FOLDS),
+        "cv": {"folds": 1},
+        "resources": {"gpus": "none", "workers": 2},
+        "limits": {"timeout": "20s", "grace": "1s", "exit_timeout": "5s"},
+        "retry": {"attempts": 2, "on": ["timeout", "crashed", "memory"], "backoff": 0},
+        "output": {"dir": str(tmp_path / "run")},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(spec.get(key), dict):
+            spec[key] = {**spec[key], **value}
+        else:
+            spec[key] = value
+    return spec
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture
+def venv_bin() -> Path:
+    import sys
+
+    return Path(sys.executable).parent
+
+
+def env_without_markers() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("FOLDRUNNER_FOLD", None)
+    return env
