@@ -24,7 +24,7 @@ from .child import ChildTask, decode_frames
 from .errors import InterruptedRun, PreflightError, RunDirError
 from .gpus import Inventory, make_slots
 from .journal import Journal
-from .launcher import get_context, start_child
+from .launcher import start_child
 from .outcome import AttemptResult, ChildOutcome, Status, Timing
 from .paths import RunPaths
 from .plan import Fold, Plan, build_plan
@@ -126,7 +126,7 @@ def preflight(spec: Spec, paths: RunPaths, entry_blob: bytes | None, start_metho
     )
     from multiprocess.connection import wait
 
-    child = start_child(get_context(start_method), task)
+    child = start_child(task, start_method)
     buf = bytearray()
     outcome: ChildOutcome | None = None
     deadline = time.monotonic() + Timing.PREFLIGHT_TIMEOUT

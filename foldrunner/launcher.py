@@ -9,6 +9,7 @@ TensorFlow. For the same reason a fold never re-imports the caller's ``__main__`
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 from collections.abc import Iterator
@@ -17,7 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import multiprocess
+from multiprocess import forkserver as mp_forkserver
+from multiprocess import popen_forkserver, reduction, util
 from multiprocess import spawn as mp_spawn
+from multiprocess.context import ForkServerProcess, set_spawning_popen
 
 from .child import ChildTask, child_main
 
@@ -25,20 +29,66 @@ START_METHODS = ("forkserver", "spawn")
 #: what the fold server imports once, before it forks any fold
 SERVER_PRELOAD = ["foldrunner.child"]
 
+_MAIN_KEYS = ("init_main_from_path", "init_main_from_name")
 
-def get_context(method: str = "forkserver") -> Any:
-    """The ``multiprocess`` context for ``method``, its fold server preloaded safely."""
-    if method not in START_METHODS:
-        raise ValueError(f"start method must be one of {START_METHODS}; got {method!r}")
-    ctx = multiprocess.get_context(method)
-    if method == "forkserver":
-        ctx.set_forkserver_preload(list(SERVER_PRELOAD))
-    return ctx
+
+class _FoldServer(mp_forkserver.ForkServer):
+    """foldrunner's own fork server, apart from ``multiprocess``'s global one.
+
+    The global server is configured by whoever starts it first (the caller's code may
+    have started it preloading a ``__main__`` that imported TensorFlow); this one
+    preloads only :data:`SERVER_PRELOAD` and never runs an op of anything.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.set_forkserver_preload(list(SERVER_PRELOAD))
+
+    @property
+    def pid(self) -> int | None:
+        return self._forkserver_pid  # type: ignore[no-any-return]
+
+
+FOLD_SERVER = _FoldServer()
+
+
+def _preparation_data(name: str) -> dict[str, Any]:
+    """What a child needs to set itself up, less the parent's ``__main__``."""
+    data: dict[str, Any] = mp_spawn.get_preparation_data(name)
+    for key in _MAIN_KEYS:
+        data.pop(key, None)
+    return data
+
+
+class _FoldPopen(popen_forkserver.Popen):  # type: ignore[misc]
+    """``multiprocess``'s forkserver Popen, bound to :data:`FOLD_SERVER`."""
+
+    def _launch(self, process_obj: Any) -> None:
+        prep_data = _preparation_data(process_obj._name)
+        buf = io.BytesIO()
+        set_spawning_popen(self)
+        try:
+            reduction.dump(prep_data, buf)
+            reduction.dump(process_obj, buf)
+        finally:
+            set_spawning_popen(None)
+        self.sentinel, w = FOLD_SERVER.connect_to_new_process(self._fds)
+        parent_w = os.dup(w)  # the child's sentinel of its parent, as upstream keeps it
+        self.finalizer = util.Finalize(self, util.close_fds, (parent_w, self.sentinel))
+        with open(w, "wb", closefd=True) as f:
+            f.write(buf.getbuffer())
+        self.pid = mp_forkserver.read_signed(self.sentinel)
+
+
+class _FoldProcess(ForkServerProcess):  # type: ignore[misc]
+    @staticmethod
+    def _Popen(process_obj: Any) -> _FoldPopen:
+        return _FoldPopen(process_obj)
 
 
 @contextmanager
 def _without_main_module() -> Iterator[None]:
-    """Keep the child from importing the parent's ``__main__`` (it may import TensorFlow).
+    """For spawn: keep the child from importing the parent's ``__main__``.
 
     Scoped to one ``Process.start()`` call made by the supervisor's thread.
     """
@@ -46,8 +96,8 @@ def _without_main_module() -> Iterator[None]:
 
     def preparation_data(name: str) -> dict[str, Any]:
         data: dict[str, Any] = original(name)
-        data.pop("init_main_from_path", None)
-        data.pop("init_main_from_name", None)
+        for key in _MAIN_KEYS:
+            data.pop(key, None)
         return data
 
     mp_spawn.get_preparation_data = preparation_data
@@ -55,6 +105,11 @@ def _without_main_module() -> Iterator[None]:
         yield
     finally:
         mp_spawn.get_preparation_data = original
+
+
+def server_pids() -> set[int]:
+    """Pids of the processes foldrunner keeps as its own children (the fold server)."""
+    return {FOLD_SERVER.pid} if FOLD_SERVER.pid else set()
 
 
 @dataclass
@@ -84,19 +139,24 @@ class Child:
             pass
 
 
-def start_child(ctx: Any, task: ChildTask) -> Child:
+def start_child(task: ChildTask, method: str = "forkserver") -> Child:
     """Start one fold process for ``task``; return it with its result pipe."""
+    if method not in START_METHODS:
+        raise ValueError(f"start method must be one of {START_METHODS}; got {method!r}")
     blob = pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
-    reader, writer = ctx.Pipe(duplex=False)
-    proc = ctx.Process(
-        target=child_main,
-        args=(blob, writer),
-        name=f"foldrunner {task.fold_id}.{task.attempt}",
-        daemon=False,
-    )
+    reader, writer = multiprocess.Pipe(duplex=False)
+    name = f"foldrunner {task.fold_id}.{task.attempt}"
+    args = (blob, writer)
     try:
-        with _without_main_module():
+        if method == "forkserver":
+            proc = _FoldProcess(target=child_main, args=args, name=name, daemon=False)
             proc.start()
+        else:
+            proc = multiprocess.get_context("spawn").Process(
+                target=child_main, args=args, name=name, daemon=False
+            )
+            with _without_main_module():
+                proc.start()
     finally:
         writer.close()
     fd = reader.fileno()

@@ -31,7 +31,7 @@ from multiprocess.connection import wait
 from . import proctree
 from .child import ChildTask, decode_frames
 from .journal import Journal
-from .launcher import Child, get_context, start_child
+from .launcher import Child, server_pids, start_child
 from .outcome import AttemptResult, ChildOutcome, Status, Timing
 from .paths import RunPaths
 from .plan import Fold
@@ -162,7 +162,7 @@ class Supervisor:
         self.workdir = workdir
         self.env = dict(env or {})
         self.events: Events = events or NoEvents()
-        self.ctx = get_context(start_method)
+        self.start_method = start_method
         self.rng = rng or random.Random()
         self.pending: deque[_Pending] = deque()
         self.running: dict[int, _Running] = {}  # by root pid
@@ -272,7 +272,7 @@ class Supervisor:
             entrypoint_blob=self.entrypoint_blob, env=self.env, marker=marker,
         )
         started_wall = time.time()
-        child = start_child(self.ctx, task)
+        child = start_child(task, self.start_method)
         try:
             root: psutil.Process | None = psutil.Process(child.pid)
             root_started = root.create_time() if root else None
@@ -523,8 +523,9 @@ class Supervisor:
         for pid, p in r.members.items():
             if _alive(p, zombie_is_alive=True):
                 procs[pid] = p
+        ours_anyway = self._our_children | server_pids()
         for pid in proctree.child_pids():
-            if pid in self._our_children or pid in procs:
+            if pid in ours_anyway or pid in procs:
                 continue
             marker = proctree.read_marker(pid)
             ids = proctree.stat_ids(pid)
