@@ -234,6 +234,9 @@ def run(
             finally:
                 df = writer.flush()
                 df.attrs["planned"] = len(plan.folds)
+                df.attrs["run_dir"] = str(paths.root)
+                if s.objective is not None:
+                    df.attrs["objective"] = (s.objective.metric, s.objective.mode)
     if sup.stop_status is Status.CANCELLED and sup.stop_reason.startswith("interrupted"):
         raise InterruptedRun(
             f"{sup.stop_reason}: finished results are kept in {paths.root}; "

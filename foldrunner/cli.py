@@ -90,6 +90,11 @@ def run_cmd(spec: str, overrides: tuple[str, ...], run_dir: str | None, resume: 
     printer = PlainLines()
     df = run(spec, overrides=list(overrides), options=opts, events=printer, notes=printer.note)
     printer.summary(df)
+    if len(df) > 1:
+        from .results import render, summarize
+
+        metric, mode = df.attrs.get("objective", (None, "max"))
+        printer.table(render(summarize(df, metric, mode).head(20), "table"))
     failed = int((df["status"] != "ok").sum()) if len(df) else 0
     incomplete = len(df) < int(df.attrs.get("planned", len(df)))
     sys.exit(EXIT_FAILED if failed or incomplete else EXIT_OK)

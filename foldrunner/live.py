@@ -60,6 +60,9 @@ class PlainLines:
             tail = "" if final else "; will retry"
             self._print(f"{head}: {result.error}{tail}")
 
+    def table(self, text: str) -> None:
+        self._print(text)
+
     def summary(self, df: pd.DataFrame) -> None:
         counts = df["status"].value_counts().to_dict() if len(df) else {}
         planned = int(df.attrs.get("planned", len(df)))
@@ -67,4 +70,6 @@ class PlainLines:
         missing = planned - len(df)
         if missing > 0:
             parts.append(f"{missing} not started")
-        self._print(f"done: {planned} folds: " + ", ".join(parts))
+        where = df.attrs.get("run_dir")
+        tail = f"; results in {where}" if where else ""
+        self._print(f"done: {planned} folds: " + ", ".join(parts) + tail)
