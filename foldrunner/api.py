@@ -18,12 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import psutil
+from multiprocess.connection import wait
 
 from . import proctree
-from .child import ChildTask, decode_frames
+from .child import ChildTask, read_messages
 from .errors import InterruptedRun, PreflightError, RunDirError
 from .gpus import Inventory, make_slots
 from .journal import Journal
+from .lock import RunLock
 from .launcher import start_child
 from .outcome import AttemptResult, ChildOutcome, Status, Timing
 from .paths import RunPaths
@@ -124,8 +127,6 @@ def preflight(spec: Spec, paths: RunPaths, entry_blob: bytes | None, start_metho
         entrypoint_blob=entry_blob, env=dict(spec.env), marker=f"preflight/{uuid.uuid4().hex[:8]}",
         preflight=True,
     )
-    from multiprocess.connection import wait
-
     child = start_child(task, start_method)
     buf = bytearray()
     outcome: ChildOutcome | None = None
@@ -138,26 +139,15 @@ def preflight(spec: Spec, paths: RunPaths, entry_blob: bytes | None, start_metho
                 timed_out = True
                 break
             ready = wait([child.fd, child.sentinel], left)
-            if child.fd in ready:
-                try:
-                    chunk = os.read(child.fd, 1 << 20)
-                except BlockingIOError:
-                    chunk = b"-"
-                buf += chunk if chunk != b"-" else b""
-                for payload in decode_frames(buf):
-                    import pickle
-
-                    msg = pickle.loads(payload)
-                    if msg[0] == "result":
-                        outcome = msg[1]
+            if child.fd in ready or child.sentinel in ready:
+                for message in read_messages(child.fd, buf)[0]:
+                    if message[0] == "result":
+                        outcome = message[1]
             if child.sentinel in ready:
                 break
     finally:
-        import signal
-
         proctree.killpg(child.pid, signal.SIGKILL)
-        for p in proctree.marked_processes(task.marker):
-            proctree.send([p], signal.SIGKILL)
+        proctree.send(proctree.marked_processes(task.marker), signal.SIGKILL)
         child.process.join(Timing.REAP_WAIT)
         code = child.process.exitcode
         child.close()
@@ -203,8 +193,23 @@ def run(
     s = prepare_spec(spec, overrides, **override_kw)
     plan = build_plan(s)
     paths = RunPaths(Path(opts.run_dir) if opts.run_dir else s.run_dir())
-    _check_run_dir(paths, opts.resume)
+    if paths.root.exists() and not paths.root.is_dir():
+        raise RunDirError(f"run directory {paths.root} exists and is not a directory")
     paths.make()
+    with RunLock(paths.lock):
+        return _run_locked(s, plan, paths, opts, entrypoint, events, notes or _no_notes)
+
+
+def _run_locked(
+    s: Spec,
+    plan: Plan,
+    paths: RunPaths,
+    opts: RunOptions,
+    entrypoint: Callable[..., Any] | None,
+    events: Events | None,
+    notes: Callable[[str], None],
+) -> pd.DataFrame:
+    _check_run_dir(paths, opts.resume)
     entry_blob = _dill(entrypoint) if entrypoint is not None else None
     preflight(s, paths, entry_blob, opts.start_method)
     gpus = opts.gpus if opts.gpus is not None else s.resources.gpus
@@ -214,9 +219,14 @@ def run(
         min_free_memory=s.resources.min_free_memory, inventory=opts.inventory,
     )
     for n in slot_notes:
-        (notes or _no_notes)(n)
+        notes(n)
     with Journal(paths.journal) as journal:
         run_id = _open_journal(journal, s, plan, opts.resume)
+        if opts.resume:
+            ended = end_orphans(journal, run_id, s.limits.grace)
+            if ended:
+                notes(f"ended {ended} process(es) left running by the previous orchestrator")
+            _close_interrupted(journal)
         _write_spec(paths, s)
         done = journal.ok_folds()
         counts = journal.attempt_counts()
@@ -283,8 +293,6 @@ def _dill(fn: Callable[..., Any]) -> bytes:
 
 
 def _check_run_dir(paths: RunPaths, resume: bool) -> None:
-    if paths.root.exists() and not paths.root.is_dir():
-        raise RunDirError(f"run directory {paths.root} exists and is not a directory")
     if paths.journal.exists() and not resume:
         raise RunDirError(
             f"run directory {paths.root} already holds a run (journal.sqlite): "
@@ -297,7 +305,6 @@ def _open_journal(journal: Journal, spec: Spec, plan: Plan, resume: bool) -> str
     if resume and "plan_hash" in meta:
         if meta["plan_hash"] != plan.hash:
             raise RunDirError(_plan_difference(journal, plan, meta["plan_hash"]))
-        _close_interrupted(journal)
         return meta["run_id"]
     run_id = uuid.uuid4().hex[:12]
     journal.initialise(run_id=run_id, spec_yaml=spec.to_yaml(), plan=plan, name=spec.name)
@@ -337,6 +344,38 @@ def _close_interrupted(journal: Journal) -> None:
                     log_path=a["log_path"],
                 )
             )
+
+
+def end_orphans(journal: Journal, run_id: str, grace: float) -> int:
+    """End the processes a dead orchestrator's folds left running; return how many.
+
+    They are found by the run's marker in their environment, and by the pid and start
+    time the journal holds for attempts that were in flight (with their descendants).
+    """
+    found: dict[int, psutil.Process] = {}
+    for p in proctree.marked_processes(f"{run_id}/"):
+        found[p.pid] = p
+    for a in journal.attempts():
+        if a["status"] != Status.RUNNING.value or not a["pid"]:
+            continue
+        try:
+            p = psutil.Process(a["pid"])
+            if a["pid_started_at"] is None or abs(p.create_time() - a["pid_started_at"]) > 0.5:
+                continue
+        except psutil.NoSuchProcess:
+            continue
+        found[p.pid] = p
+    for p in list(found.values()):
+        for d in proctree.descendants(p.pid):
+            found.setdefault(d.pid, d)
+    if not found:
+        return 0
+    procs = list(found.values())
+    proctree.send(procs, signal.SIGTERM)
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    proctree.send(alive, signal.SIGKILL)
+    psutil.wait_procs(alive, timeout=Timing.REAP_WAIT)
+    return len(procs)
 
 
 def _write_spec(paths: RunPaths, spec: Spec) -> None:

@@ -90,6 +90,32 @@ def decode_frames(buf: bytearray) -> list[bytes]:
     return out
 
 
+def read_messages(fd: int, buf: bytearray) -> tuple[list[Any], bool]:
+    """Read what a non-blocking result pipe holds: ``(complete messages, at end of file)``.
+
+    An undecodable frame becomes ``("bad", "<why>")``.
+    """
+    eof = False
+    while True:
+        try:
+            chunk = os.read(fd, 1 << 20)
+        except BlockingIOError:
+            break
+        except OSError:
+            chunk = b""
+        if not chunk:
+            eof = True
+            break
+        buf += chunk
+    out: list[Any] = []
+    for payload in decode_frames(buf):
+        try:
+            out.append(pickle.loads(payload))
+        except Exception as exc:  # noqa: BLE001 - whatever the child sent, we report it
+            out.append(("bad", f"its result could not be unpickled: {type(exc).__name__}: {exc}"))
+    return out, eof
+
+
 class _Sender:
     """Writes whole frames to the result pipe; safe to call from several threads."""
 

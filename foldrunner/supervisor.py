@@ -29,7 +29,7 @@ import psutil
 from multiprocess.connection import wait
 
 from . import proctree
-from .child import ChildTask, decode_frames
+from .child import ChildTask, read_messages
 from .journal import Journal
 from .launcher import Child, server_pids, start_child
 from .outcome import AttemptResult, ChildOutcome, Status, Timing
@@ -336,28 +336,13 @@ class Supervisor:
 
     # -- step 3: read what came --------------------------------------------------------
     def _read(self, r: _Running) -> None:
-        while True:
-            try:
-                chunk = os.read(r.child.fd, 1 << 20)
-            except BlockingIOError:
-                break
-            except OSError:
-                chunk = b""
-            if not chunk:
-                r.eof = True
-                break
-            r.buf += chunk
-        for payload in decode_frames(r.buf):
-            self._on_message(r, payload)
+        messages, r.eof = read_messages(r.child.fd, r.buf)
+        for message in messages:
+            self._on_message(r, message)
 
-    def _on_message(self, r: _Running, payload: bytes) -> None:
-        try:
-            message = pickle.loads(payload)
-            kind = message[0]
-        except Exception as exc:  # noqa: BLE001 - any unpickling failure is the fold's fault
-            r.bad_frame = f"its result could not be unpickled: {type(exc).__name__}: {exc}"
-            return
+    def _on_message(self, r: _Running, message: Any) -> None:
         now = time.monotonic()
+        kind = message[0] if isinstance(message, tuple) and message else "bad"
         if kind == "result":
             r.outcome = message[1]
             r.result_at = now
@@ -365,6 +350,11 @@ class Supervisor:
             r.last_report, r.last_report_at = message[1], now
             r.report_dirty = True
             self._flush_report(r, now)
+            report = getattr(self.events, "report", None)
+            if report is not None:
+                report(r.fold, r.attempt, message[1])
+        elif kind == "bad":
+            r.bad_frame = str(message[1]) if len(message) > 1 else "it sent an unreadable message"
 
     def _flush_report(self, r: _Running, now: float, force: bool = False) -> None:
         if r.report_dirty and r.last_report is not None and (force or now - r.report_written >= 1.0):

@@ -18,6 +18,10 @@ class Unpicklable(float):
         raise TypeError("this float refuses to be pickled")
 
 
+class LocalFloat(float):
+    """Pickles fine here; the orchestrator cannot import this module to unpickle it."""
+
+
 def _note_pid(ctx, name: str, pid: int) -> None:
     Path(ctx.run_dir, f"{name}.{ctx.fold_id}.{ctx.attempt}.pid").write_text(str(pid))
 
@@ -83,6 +87,8 @@ def train(ctx):
         return {"blob": "x" * 40_000_000, "acc": 1.0}
     if case == "unpicklable":
         return {"acc": Unpicklable(0.5)}
+    if case == "unimportable_result":
+        return {"acc": LocalFloat(0.5)}
     if case == "big_stdout":
         chunk = "y" * 1023 + "\n"
         for _ in range(100 * 1024):
