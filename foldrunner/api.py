@@ -368,14 +368,21 @@ def end_orphans(journal: Journal, run_id: str, grace: float) -> int:
     for p in list(found.values()):
         for d in proctree.descendants(p.pid):
             found.setdefault(d.pid, d)
-    if not found:
+    procs = [p for p in found.values() if _live(p)]
+    if not procs:
         return 0
-    procs = list(found.values())
     proctree.send(procs, signal.SIGTERM)
     _, alive = psutil.wait_procs(procs, timeout=grace)
     proctree.send(alive, signal.SIGKILL)
     psutil.wait_procs(alive, timeout=Timing.REAP_WAIT)
     return len(procs)
+
+
+def _live(p: psutil.Process) -> bool:
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _write_spec(paths: RunPaths, spec: Spec) -> None:
