@@ -7,6 +7,7 @@ passed); 2 bad spec or usage; 75 the run dir is locked by another live run;
 
 from __future__ import annotations
 
+import datetime
 import sys
 import time
 from collections.abc import Callable
@@ -54,6 +55,36 @@ def _gpus_option(value: str | None) -> list[int] | str | None:
     return out
 
 
+def seconds_until(text: str, now: datetime.datetime | None = None) -> float:
+    """``--deadline``: a duration (``6h``, ``1h30m``) or an absolute local time
+    (``06:00``: the next such time; ``2026-11-24T06:00``)."""
+    from .spec import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        why = str(exc)
+    now = now or datetime.datetime.now()
+    try:
+        if "T" in text or "-" in text:
+            at = datetime.datetime.fromisoformat(text)
+        else:
+            t = datetime.time.fromisoformat(text)
+            at = datetime.datetime.combine(now.date(), t)
+            if at <= now:
+                at += datetime.timedelta(days=1)
+    except ValueError:
+        raise UsageError(
+            f"--deadline {text!r}: not a duration ({why}) nor a time like 06:00 or 2026-11-24T06:00"
+        ) from None
+    if at.tzinfo is not None:
+        now = now.astimezone(at.tzinfo) if now.tzinfo else now.astimezone().astimezone(at.tzinfo)
+    left = (at - now).total_seconds()
+    if left <= 0:
+        raise UsageError(f"--deadline {text!r} is in the past")
+    return left
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="foldrunner")
 def main() -> None:
@@ -75,14 +106,8 @@ def run_cmd(spec: str, overrides: tuple[str, ...], run_dir: str | None, resume: 
     """Run every fold of SPEC."""
     from .api import RunOptions, run
     from .live import PlainLines
-    from .spec import parse_duration
 
-    deadline_at = None
-    if deadline is not None:
-        try:
-            deadline_at = time.monotonic() + parse_duration(deadline)
-        except ValueError as exc:
-            raise UsageError(f"--deadline {deadline!r}: {exc}") from None
+    deadline_at = None if deadline is None else time.monotonic() + seconds_until(deadline)
     opts = RunOptions(
         run_dir=Path(run_dir) if run_dir else None, resume=resume,
         gpus=_gpus_option(gpus), workers=workers, deadline=deadline_at,
