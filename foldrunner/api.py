@@ -24,7 +24,7 @@ from multiprocess.connection import wait
 from . import proctree
 from .child import ChildTask, read_messages
 from .errors import InterruptedRun, PreflightError, RunDirError
-from .gpus import Inventory, make_slots
+from .gpus import Inventory, NvmlInventory, make_slots
 from .journal import Journal
 from .lock import RunLock
 from .launcher import start_child
@@ -78,7 +78,7 @@ def limits_of(spec: Spec) -> Limits:
     lim, retry = spec.limits, spec.retry
     return Limits(
         timeout=lim.timeout, grace=lim.grace, exit_timeout=lim.exit_timeout, stall=lim.stall,
-        max_rss=lim.max_rss, attempts=retry.attempts,
+        max_rss=lim.max_rss, max_gpu_memory=lim.max_gpu_memory, attempts=retry.attempts,
         retry_on=frozenset(Status(s) for s in retry.on), backoff=retry.backoff,
     )
 
@@ -213,10 +213,11 @@ def _run_locked(
     entry_blob = _dill(entrypoint) if entrypoint is not None else None
     preflight(s, paths, entry_blob, opts.start_method)
     gpus = opts.gpus if opts.gpus is not None else s.resources.gpus
+    inventory = opts.inventory or NvmlInventory()
     slots, slot_notes = make_slots(
         gpus, per_gpu=s.resources.per_gpu,
         workers=opts.workers if opts.workers is not None else s.resources.workers,
-        min_free_memory=s.resources.min_free_memory, inventory=opts.inventory,
+        min_free_memory=s.resources.min_free_memory, inventory=inventory,
     )
     for n in slot_notes:
         notes(n)
@@ -237,6 +238,7 @@ def _run_locked(
             entrypoint=s.entrypoint, entrypoint_blob=entry_blob, workdir=str(s.workdir),
             env=dict(s.env), events=_Fanout(writer, *([events] if events else [])),
             start_method=opts.start_method, deadline=opts.deadline,
+            inventory=inventory, notes=notes,
         )
         with _stop_on_signals(sup, opts.handle_signals):
             try:

@@ -10,9 +10,37 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .supervisor import Slot
 
 MiB = 1024 * 1024
+
+
+@dataclass
+class Drain:
+    """A GPU slot whose fold has ended, waiting for the fold's GPU processes to be gone."""
+
+    fold_id: str
+    marker: str
+    pids: set[int]
+    kill_at: float
+    give_up_at: float
+    killed: list[int]
+
+
+@dataclass
+class Slot:
+    """A place for one fold at a time, on one GPU or none."""
+
+    index: int
+    gpu: int | None = None
+    busy: bool = False
+    out: bool = False
+    """Taken out of the rotation (its GPU kept failing folds)."""
+    drain: Drain | None = None
+    """Set while the slot waits for its last fold's GPU processes to be gone."""
+
+    @property
+    def free(self) -> bool:
+        return not (self.busy or self.out or self.drain is not None)
 
 
 @dataclass(frozen=True)
@@ -36,7 +64,9 @@ class GpuInfo:
 class Inventory(Protocol):
     """What foldrunner asks of the GPUs."""
 
-    def devices(self) -> list[GpuInfo]: ...
+    def devices(self) -> list[GpuInfo]:
+        """Every GPU with its memory and processes; raises :class:`NoGpus` without NVML."""
+        ...
 
 
 class NoGpus(Exception):
@@ -44,9 +74,15 @@ class NoGpus(Exception):
 
 
 class NvmlInventory:
-    """The real inventory, through ``nvidia-ml-py`` (``pynvml``)."""
+    """The real inventory, through ``nvidia-ml-py`` (``pynvml``). NVML is initialised once,
+    on first use, and shut down by :meth:`close`."""
 
-    def devices(self) -> list[GpuInfo]:
+    def __init__(self) -> None:
+        self._nv: Any = None
+
+    def _init(self) -> Any:
+        if self._nv is not None:
+            return self._nv
         try:
             import pynvml as nv
         except ImportError as exc:  # pragma: no cover - a dependency
@@ -55,39 +91,45 @@ class NvmlInventory:
             nv.nvmlInit()
         except nv.NVMLError as exc:
             raise NoGpus(f"NVML is not available: {exc} (no NVIDIA driver on this machine?)") from None
-        try:
-            out = []
-            for i in range(nv.nvmlDeviceGetCount()):
-                h = nv.nvmlDeviceGetHandleByIndex(i)
-                mem = nv.nvmlDeviceGetMemoryInfo(h)
-                try:
-                    util: int | None = int(nv.nvmlDeviceGetUtilizationRates(h).gpu)
-                except nv.NVMLError:
-                    util = None
-                procs: list[GpuProcess] = []
-                for getter in (
-                    nv.nvmlDeviceGetComputeRunningProcesses,
-                    nv.nvmlDeviceGetGraphicsRunningProcesses,
-                ):
-                    try:
-                        for p in getter(h):
-                            used = p.usedGpuMemory
-                            procs.append(GpuProcess(int(p.pid), None if used is None else int(used)))
-                    except nv.NVMLError:
-                        continue
-                out.append(
-                    GpuInfo(
-                        index=i, name=_text(nv.nvmlDeviceGetName(h)), uuid=_text(nv.nvmlDeviceGetUUID(h)),
-                        total_bytes=int(mem.total), free_bytes=int(mem.free), used_bytes=int(mem.used),
-                        utilization=util, processes=tuple(procs),
-                    )
-                )
-            return out
-        finally:
+        self._nv = nv
+        return nv
+
+    def close(self) -> None:
+        if self._nv is not None:
             try:
-                nv.nvmlShutdown()
-            except nv.NVMLError:
+                self._nv.nvmlShutdown()
+            except self._nv.NVMLError:
                 pass
+            self._nv = None
+
+    def devices(self) -> list[GpuInfo]:
+        nv = self._init()
+        try:
+            return [self._device(nv, i) for i in range(nv.nvmlDeviceGetCount())]
+        except nv.NVMLError as exc:
+            raise NoGpus(f"NVML failed: {exc}") from None
+
+    @staticmethod
+    def _device(nv: Any, i: int) -> GpuInfo:
+        h = nv.nvmlDeviceGetHandleByIndex(i)
+        mem = nv.nvmlDeviceGetMemoryInfo(h)
+        try:
+            util: int | None = int(nv.nvmlDeviceGetUtilizationRates(h).gpu)
+        except nv.NVMLError:
+            util = None
+        procs: dict[int, GpuProcess] = {}
+        for getter in (nv.nvmlDeviceGetComputeRunningProcesses, nv.nvmlDeviceGetGraphicsRunningProcesses):
+            try:
+                for p in getter(h):
+                    used = getattr(p, "usedGpuMemory", None)
+                    procs[int(p.pid)] = GpuProcess(int(p.pid), None if used is None else int(used))
+            except nv.NVMLError:
+                continue
+        return GpuInfo(
+            index=i, name=_text(nv.nvmlDeviceGetName(h)), uuid=_text(nv.nvmlDeviceGetUUID(h)),
+            total_bytes=int(mem.total), free_bytes=int(mem.free), used_bytes=int(mem.used),
+            utilization=util, processes=tuple(procs.values()),
+        )
 
 
 def _text(v: Any) -> str:

@@ -119,14 +119,8 @@ class Child:
     process: Any
     reader: Any
     fd: int
-
-    @property
-    def pid(self) -> int:
-        return int(self.process.pid)
-
-    @property
-    def sentinel(self) -> int:
-        return int(self.process.sentinel)
+    pid: int
+    sentinel: int
 
     def close(self) -> None:
         try:
@@ -161,4 +155,4 @@ def start_child(task: ChildTask, method: str = "forkserver") -> Child:
         writer.close()
     fd = reader.fileno()
     os.set_blocking(fd, False)
-    return Child(proc, reader, fd)
+    return Child(proc, reader, fd, int(proc.pid), int(proc.sentinel))

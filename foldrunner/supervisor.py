@@ -20,7 +20,7 @@ import random
 import signal
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,18 +35,13 @@ from .launcher import Child, server_pids, start_child
 from .outcome import AttemptResult, ChildOutcome, Status, Timing
 from .paths import RunPaths
 from .plan import Fold
+from .gpus import Drain, Inventory, Slot
+from .watchdog import GpuWatch, OomCounter, tree_memory
 
 MiB = 1024 * 1024
+GPU_FAILURES_IN_A_ROW = 3
+"""A GPU on which this many folds in a row failed is taken out of the rotation."""
 log = logging.getLogger("foldrunner")
-
-
-@dataclass
-class Slot:
-    """A place for one fold at a time, on one GPU or none."""
-
-    index: int
-    gpu: int | None = None
-    busy: bool = False
 
 
 @dataclass(frozen=True)
@@ -58,6 +53,7 @@ class Limits:
     exit_timeout: float = 30.0
     stall: float | None = None
     max_rss: int | None = None
+    max_gpu_memory: int | None = None
     attempts: int = 3
     retry_on: frozenset[Status] = frozenset({Status.TIMEOUT, Status.CRASHED, Status.MEMORY})
     backoff: float = 5.0
@@ -117,7 +113,12 @@ class _Running:
     sigkilled: bool = False
     lingered: bool = False
     peak_rss: int = 0
+    peak_gpu: int = 0
+    oom_kills_at_start: int = 0
     members: dict[int, psutil.Process] = field(default_factory=dict)
+
+    def known_pids(self) -> set[int]:
+        return {self.child.pid, *self.members}
 
 
 @dataclass
@@ -151,6 +152,8 @@ class Supervisor:
         start_method: str = "forkserver",
         rng: random.Random | None = None,
         deadline: float | None = None,
+        inventory: Inventory | None = None,
+        notes: Callable[[str], None] | None = None,
     ) -> None:
         self.journal = journal
         self.paths = paths
@@ -174,6 +177,10 @@ class Supervisor:
         self._stop_pending = False
         self._stop_hard = False
         self.deadline = deadline
+        self.gpu_watch = GpuWatch(inventory if any(sl.gpu is not None for sl in slots) else None)
+        self.oom = OomCounter()
+        self.notes = notes or (lambda text: log.warning("%s", text))
+        self._gpu_failures: dict[int, int] = {}
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -185,7 +192,7 @@ class Supervisor:
         self._our_children = set(proctree.child_pids())
         was_subreaper = proctree.set_subreaper(True)
         try:
-            while (self.pending and self.stop_status is None) or self.running or self.leftovers:
+            while self._work_left():
                 now = time.monotonic()
                 if self.deadline is not None and now >= self.deadline and self.stop_status is None:
                     self.request_stop(Status.CANCELLED, "past the run's deadline")
@@ -194,12 +201,23 @@ class Supervisor:
                 self._wait_for_events(self._next_wakeup(now))
                 self._enforce_clocks(time.monotonic())
                 self._finish_leftovers(time.monotonic())
+                self._check_drains(time.monotonic())
         finally:
             self._shutdown()
             if not was_subreaper:
                 proctree.set_subreaper(False)
             os.close(self._wake_r)
             os.close(self._wake_w)
+
+    def _work_left(self) -> bool:
+        if self.running or self.leftovers or any(sl.drain for sl in self.slots):
+            return True
+        if not self.pending or self.stop_status is not None:
+            return False
+        if all(sl.out for sl in self.slots):
+            self.request_stop(Status.CANCELLED, "every GPU was taken out of the rotation")
+            return False
+        return True
 
     def request_stop(
         self, status: Status = Status.CANCELLED, reason: str = "interrupted", hard: bool = False
@@ -240,7 +258,7 @@ class Supervisor:
         if self.stop_status is not None:
             return
         for slot in self.slots:
-            if slot.busy or not self.pending:
+            if not slot.free or not self.pending:
                 continue
             item = self._take_pending(now, slot)
             if item is None:
@@ -258,7 +276,7 @@ class Supervisor:
         return None
 
     def _other_gpu_free(self, slot: Slot) -> bool:
-        return any(not s.busy and s.gpu != slot.gpu for s in self.slots)
+        return any(s.free and s.gpu != slot.gpu for s in self.slots)
 
     def _launch(self, item: _Pending, slot: Slot, now: float) -> None:
         fold, attempt = item.fold, item.attempt
@@ -284,6 +302,7 @@ class Supervisor:
             fold=fold, attempt=attempt, slot=slot, child=child, root=root, marker=marker,
             log_path=log_path, started=now, started_wall=started_wall,
             deadline=now + self.limits.timeout, next_sample=now + Timing.FIRST_SAMPLE_DELAY,
+            oom_kills_at_start=self.oom.read(),
         )
         self.running[child.pid] = r
         self.journal.start_attempt(
@@ -306,7 +325,9 @@ class Supervisor:
                 times.append(r.last_report_at + self.limits.stall)
         if self.leftovers:
             times.append(now + 0.05)
-        if self.stop_status is None and any(not s.busy for s in self.slots):
+        if any(sl.drain for sl in self.slots):
+            times.append(now + 0.1)
+        if self.stop_status is None and any(sl.free for sl in self.slots):
             times.extend(p.not_before for p in self.pending)
         if self.deadline is not None and self.stop_status is None:
             times.append(self.deadline)
@@ -381,9 +402,12 @@ class Supervisor:
             error=error, traceback=tb, metrics=metrics,
             peak_rss_mb=self._peak_mb(r), lingered=r.lingered, note=note,
             log_path=str(r.log_path),
+            peak_gpu_mb=round(r.peak_gpu / MiB, 3) if r.slot.gpu is not None and self.gpu_watch.inventory else None,
         )
         r.child.close()
         r.slot.busy = False
+        self._start_drain(r)
+        self._count_gpu_failure(r.slot, status)
         self.journal.end_attempt(result)
         final = not (
             status in self.limits.retry_on
@@ -415,6 +439,12 @@ class Supervisor:
             return status, f"{out.error_type}: {out.error}", out.traceback, {}, "; ".join(notes)
         if r.kill_status is not None:
             return r.kill_status, f"{r.kill_reason} ({log})", "", {}, how
+        if code == -signal.SIGKILL and self.oom.read() > r.oom_kills_at_start:
+            return (
+                Status.MEMORY,
+                f"killed by SIGKILL from the kernel's OOM killer (its oom_kill count rose "
+                f"while the fold ran; we sent no signal) ({log})", "", {}, "",
+            )
         if r.bad_frame:
             return Status.CRASHED, f"{r.bad_frame} ({log})", "", {}, how
         return Status.CRASHED, f"{how} without sending a result ({log})", "", {}, ""
@@ -454,26 +484,96 @@ class Supervisor:
             self._flush_report(r, now)
 
     def _sample(self, r: _Running, now: float) -> None:
+        """Measure a fold's tree (host PSS, GPU memory); end it as ``memory`` if over."""
         r.next_sample = now + Timing.SAMPLE_INTERVAL
         if r.root is None:
             return
         procs = [r.root] + proctree.descendants(r.root.pid)
-        rss = 0
-        for p in procs:
-            try:
-                rss += p.memory_info().rss
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-            if p.pid != r.root.pid:
-                r.members.setdefault(p.pid, p)
-        r.peak_rss = max(r.peak_rss, rss)
+        for p in procs[1:]:
+            r.members.setdefault(p.pid, p)
+        used = tree_memory(procs)
+        r.peak_rss = max(r.peak_rss, used)
         limit = self.limits.max_rss
-        if limit is not None and rss > limit and r.kill_status is None:
+        if limit is not None and used > limit and r.kill_status is None:
             self._begin_kill(
                 r, Status.MEMORY,
-                f"its process tree used {rss / MiB:.0f} MiB, over max_rss {limit / MiB:.0f} MiB",
+                f"its process tree used {used / MiB:.0f} MiB, over max_rss {limit / MiB:.0f} MiB",
                 now, hard=True,
             )
+            return
+        if r.slot.gpu is None or not self.gpu_watch.refresh(now):
+            return
+        gpu_used, _ = self.gpu_watch.fold_usage(r.slot.gpu, r.marker, r.known_pids())
+        r.peak_gpu = max(r.peak_gpu, gpu_used)
+        glimit = self.limits.max_gpu_memory
+        if glimit is not None and gpu_used > glimit and r.kill_status is None:
+            self._begin_kill(
+                r, Status.MEMORY,
+                f"its processes held {gpu_used / MiB:.0f} MiB on GPU {r.slot.gpu}, "
+                f"over max_gpu_memory {glimit / MiB:.0f} MiB",
+                now, hard=True,
+            )
+
+    # -- GPUs: rotation and clean slots ------------------------------------------------
+    def _count_gpu_failure(self, slot: Slot, status: Status) -> None:
+        """Take a GPU out of the rotation after it failed folds three times in a row."""
+        if slot.gpu is None or status is Status.CANCELLED:
+            return
+        if status is Status.OK:
+            self._gpu_failures[slot.gpu] = 0
+            return
+        n = self._gpu_failures.get(slot.gpu, 0) + 1
+        self._gpu_failures[slot.gpu] = n
+        if n >= GPU_FAILURES_IN_A_ROW and not slot.out:
+            for sl in self.slots:
+                if sl.gpu == slot.gpu:
+                    sl.out = True
+            left = sorted({sl.gpu for sl in self.slots if not sl.out and sl.gpu is not None})
+            self.notes(
+                f"GPU {slot.gpu} taken out of the rotation: {n} folds in a row failed on it"
+                f" (last: {status.value}); GPUs left: {left or 'none'}"
+            )
+
+    def _start_drain(self, r: _Running) -> None:
+        """Keep a GPU slot until no process of its last fold holds GPU memory."""
+        if r.slot.gpu is None or self.gpu_watch.inventory is None or self.gpu_watch.broken:
+            return
+        now = time.monotonic()
+        r.slot.drain = Drain(
+            fold_id=r.fold.fold_id, marker=r.marker, pids=r.known_pids(),
+            kill_at=now + self.limits.grace, give_up_at=now + self.limits.grace + Timing.REAP_WAIT,
+            killed=[],
+        )
+
+    def _check_drains(self, now: float) -> None:
+        for slot in self.slots:
+            d = slot.drain
+            if d is None or slot.gpu is None:
+                continue
+            self.gpu_watch.refresh(now, max_age=0.1)
+            _, holders = self.gpu_watch.fold_usage(slot.gpu, d.marker, d.pids)
+            holders = [pid for pid in holders if pid not in d.killed or _pid_alive(pid)]
+            if not holders:
+                slot.drain = None
+            elif now >= d.give_up_at:
+                self.notes(
+                    f"GPU {slot.gpu}: processes {holders} of fold {d.fold_id} still hold GPU memory "
+                    f"after SIGKILL; the slot is used again anyway"
+                )
+                slot.drain = None
+            elif now >= d.kill_at and not d.killed:
+                procs = []
+                for pid in holders:
+                    try:
+                        procs.append(psutil.Process(pid))
+                    except psutil.NoSuchProcess:
+                        continue
+                proctree.send(procs, signal.SIGKILL)
+                d.killed = holders
+                self.notes(
+                    f"fold {d.fold_id} left {len(holders)} process(es) holding memory on GPU "
+                    f"{slot.gpu} ({holders}); killed them before reusing the slot"
+                )
 
     def _tree(self, r: _Running) -> list[psutil.Process]:
         procs = [] if r.root is None else [r.root]
@@ -599,6 +699,13 @@ class Supervisor:
             r.child.process.join(Timing.REAP_WAIT)
             if r.child.pid in self.running:
                 self._finish(r)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _alive(p: psutil.Process, zombie_is_alive: bool = False) -> bool:

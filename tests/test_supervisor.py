@@ -73,3 +73,22 @@ def test_keyword_overrides_and_results_files(tmp_path):
     csv = pd.read_csv(run_dir / "results.csv")
     assert list(csv["status"]) == ["ok"] * 3
     assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == []
+
+
+def test_sigkill_is_memory_when_the_kernels_oom_count_rose(tmp_path, monkeypatch):
+    """The kernel's OOM accounting is read from /proc/vmstat and the cgroup's memory.events;
+    here it is made to rise while the fold runs (we cannot OOM the test machine safely)."""
+    from foldrunner import watchdog
+
+    counts = iter(range(0, 1000, 5))
+    monkeypatch.setattr(watchdog.OomCounter, "read", lambda self: next(counts))
+    spec = base_spec(tmp_path, params={"case": "segv"}, retry={"attempts": 1})
+    df = foldrunner.run(spec)  # SIGSEGV: not an OOM kill, whatever the counter says
+    assert df.iloc[0]["status"] == "crashed"
+
+    spec = base_spec(tmp_path, entrypoint="behave:suicide_by_sigkill", retry={"attempts": 1},
+                     output={"dir": str(tmp_path / "run2")})
+    df = foldrunner.run(spec)
+    row = df.iloc[0]
+    assert row["status"] == "memory"
+    assert "OOM killer" in row["error"]

@@ -43,3 +43,11 @@ def spawn_and_hang(ctx):
     p = subprocess.Popen(["sleep", "300"])
     Path(ctx.run_dir, f"grandchild.{ctx.fold_id}.pid").write_text(str(p.pid))
     time.sleep(300)
+
+
+def suicide_by_sigkill(ctx):
+    """Dies the way an OOM kill looks from outside: SIGKILL that the supervisor did not send."""
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
