@@ -42,6 +42,7 @@ MATRIX = [
     ("fail_once", "ok", "", 2, {}),
     ("bad_return", "error", "must return a mapping of metric name", 1, {}),
     ("memory_error", "memory", "MemoryError: simulated allocation failure", 2, {}),
+    ("resource_exhausted", "memory", "ResourceExhaustedError: OOM when allocating", 2, {}),
 ]
 
 

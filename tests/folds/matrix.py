@@ -18,6 +18,10 @@ class Unpicklable(float):
         raise TypeError("this float refuses to be pickled")
 
 
+class ResourceExhaustedError(Exception):
+    """Named like TensorFlow's out-of-memory error (tf.errors.ResourceExhaustedError)."""
+
+
 class LocalFloat(float):
     """Pickles fine here; the orchestrator cannot import this module to unpickle it."""
 
@@ -103,6 +107,8 @@ def train(ctx):
         return [1, 2, 3]
     if case == "memory_error":
         raise MemoryError("simulated allocation failure")
+    if case == "resource_exhausted":
+        raise ResourceExhaustedError("OOM when allocating tensor with shape[4096,4096]")
     if case == "report":
         for i in range(3):
             ctx.report(epoch=i, loss=1.0 / (i + 1))
