@@ -238,7 +238,8 @@ def _run_locked(
             entrypoint=s.entrypoint, entrypoint_blob=entry_blob, workdir=str(s.workdir),
             env=dict(s.env), events=_Fanout(writer, *([events] if events else [])),
             start_method=opts.start_method, deadline=opts.deadline,
-            inventory=inventory, notes=notes,
+            inventory=inventory, notes=notes, spares=s.resources.spares,
+            preload=list(s.preload),
         )
         with _stop_on_signals(sup, opts.handle_signals):
             try:

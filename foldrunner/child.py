@@ -190,6 +190,19 @@ def resolve_entrypoint(task: ChildTask) -> Callable[..., Any]:
     return fn  # type: ignore[no-any-return]
 
 
+def _is_memory_error(exc: BaseException) -> bool:
+    """``MemoryError``, TensorFlow's ``ResourceExhaustedError`` (by name), or one of them
+    as the cause of what was raised."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if any(c.__name__ in MEMORY_ERROR_NAMES for c in type(e).__mro__):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def _error_outcome(exc: BaseException, started: float) -> ChildOutcome:
     name = type(exc).__name__
     return ChildOutcome(
@@ -197,7 +210,7 @@ def _error_outcome(exc: BaseException, started: float) -> ChildOutcome:
         error_type=name,
         error=str(exc),
         traceback="".join(traceback.format_exception(exc)),
-        memory_error=name in MEMORY_ERROR_NAMES,
+        memory_error=_is_memory_error(exc),
         started_at=started,
         ended_at=time.time(),
     )
@@ -245,15 +258,18 @@ def run_task(task: ChildTask, send: Callable[[Any], None]) -> ChildOutcome:
         return _error_outcome(exc, started)
 
 
-def child_main(task_blob: bytes, result_conn: Any) -> None:
-    """The target of every fold's process (see the module's docstring)."""
+def _become_fold_process(result_fd: int) -> _Sender:
+    """Own session, parent-death signal, subreaper, default SIGINT, private result pipe."""
     os.setsid()
     _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    os.set_inheritable(result_conn.fileno(), False)  # a fold's own children never hold it
-    send = _Sender(result_conn.fileno())
-    task: ChildTask = pickle.loads(task_blob)
+    os.set_inheritable(result_fd, False)  # a fold's own children never hold it
+    return _Sender(result_fd)
+
+
+def _serve(task: ChildTask, send: _Sender) -> None:
+    """Run one attempt in this process and send its outcome (the rest of a fold's life)."""
     _redirect_output(task.log_path)
     _set_environment(task)
     send(("started", os.getpid(), time.time()))
@@ -282,3 +298,79 @@ def child_main(task_blob: bytes, result_conn: Any) -> None:
             stream.flush()
         except (OSError, ValueError):
             pass
+
+
+def child_main(task_blob: bytes, result_conn: Any) -> None:
+    """The target of every cold fold process (see the module's docstring)."""
+    send = _become_fold_process(result_conn.fileno())
+    _serve(pickle.loads(task_blob), send)
+
+
+@dataclass
+class SpareInit:
+    """What a warm spare needs before its fold is known: its slot's GPU and the preloads."""
+
+    gpu: int | None
+    env: dict[str, str]
+    workdir: str
+    preload: list[str]
+    log_path: str
+    marker: str
+
+
+def _read_frame(fd: int) -> bytes | None:
+    """One frame from a blocking pipe; None at end of file (the spare is not needed)."""
+    head = _read_exactly(fd, _FRAME_HEADER.size)
+    if head is None:
+        return None
+    (size,) = _FRAME_HEADER.unpack(head)
+    return _read_exactly(fd, size)
+
+
+def _read_exactly(fd: int, n: int) -> bytes | None:
+    chunks, left = [], n
+    while left:
+        chunk = os.read(fd, left)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def spare_main(init_blob: bytes, task_conn: Any, result_conn: Any) -> None:
+    """A warm spare: set the slot's GPU, import the preloads, wait for one fold, run it.
+
+    ``CUDA_VISIBLE_DEVICES`` is set before anything is imported. A spare serves exactly
+    one fold; when the supervisor closes its task pipe without sending one, it exits.
+    """
+    send = _become_fold_process(result_conn.fileno())
+    init: SpareInit = pickle.loads(init_blob)
+    _redirect_output(init.log_path)
+    env = os.environ
+    env.update(init.env)
+    env["CUDA_VISIBLE_DEVICES"] = "" if init.gpu is None else str(init.gpu)
+    env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
+    env[MARKER_ENV] = init.marker
+    if init.workdir and init.workdir not in sys.path:
+        sys.path.insert(0, init.workdir)
+    for name in init.preload:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - reported, then the fold imports what it needs
+            send(("preload_error", name, f"{type(exc).__name__}: {exc}"))
+    send(("ready", os.getpid(), time.time()))
+    task_fd = task_conn.fileno()
+    os.set_inheritable(task_fd, False)
+    frame = _read_frame(task_fd)
+    if frame is None:
+        return
+    task: ChildTask = pickle.loads(frame)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        if os.path.getsize(init.log_path) == 0:
+            os.unlink(init.log_path)  # nothing was said while waiting: keep logs/ tidy
+    except OSError:
+        pass
+    _serve(task, send)

@@ -16,6 +16,7 @@ import json
 import math
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,7 +62,7 @@ class Journal:
     def __init__(self, path: Path | str, *, readonly: bool = False) -> None:
         self.path = Path(path)
         if readonly:
-            uri = f"file:{self.path}?mode=ro"
+            uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?mode=ro"
             self.db = sqlite3.connect(uri, uri=True, timeout=10, check_same_thread=False)
         else:
             self.db = sqlite3.connect(self.path, timeout=10, check_same_thread=False)

@@ -23,7 +23,7 @@ from multiprocess import popen_forkserver, reduction, util
 from multiprocess import spawn as mp_spawn
 from multiprocess.context import ForkServerProcess, set_spawning_popen
 
-from .child import ChildTask, child_main
+from .child import ChildTask, SpareInit, child_main, spare_main
 
 START_METHODS = ("forkserver", "spawn")
 #: what the fold server imports once, before it forks any fold
@@ -133,26 +133,46 @@ class Child:
             pass
 
 
-def start_child(task: ChildTask, method: str = "forkserver") -> Child:
-    """Start one fold process for ``task``; return it with its result pipe."""
+def _start(target: Any, args: tuple[Any, ...], name: str, method: str) -> Any:
     if method not in START_METHODS:
         raise ValueError(f"start method must be one of {START_METHODS}; got {method!r}")
+    if method == "forkserver":
+        proc = _FoldProcess(target=target, args=args, name=name, daemon=False)
+        proc.start()
+    else:
+        proc = multiprocess.get_context("spawn").Process(
+            target=target, args=args, name=name, daemon=False
+        )
+        with _without_main_module():
+            proc.start()
+    return proc
+
+
+def start_child(task: ChildTask, method: str = "forkserver") -> Child:
+    """Start one fold process for ``task``; return it with its result pipe."""
     blob = pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
     reader, writer = multiprocess.Pipe(duplex=False)
-    name = f"foldrunner {task.fold_id}.{task.attempt}"
-    args = (blob, writer)
     try:
-        if method == "forkserver":
-            proc = _FoldProcess(target=child_main, args=args, name=name, daemon=False)
-            proc.start()
-        else:
-            proc = multiprocess.get_context("spawn").Process(
-                target=child_main, args=args, name=name, daemon=False
-            )
-            with _without_main_module():
-                proc.start()
+        proc = _start(child_main, (blob, writer), f"foldrunner {task.fold_id}.{task.attempt}", method)
     finally:
         writer.close()
     fd = reader.fileno()
     os.set_blocking(fd, False)
     return Child(proc, reader, fd, int(proc.pid), int(proc.sentinel))
+
+
+def start_spare(init: SpareInit, name: str, method: str = "forkserver") -> tuple[Child, int]:
+    """Start a warm spare; return it and the parent's end of its task pipe (blocking)."""
+    blob = pickle.dumps(init, protocol=pickle.HIGHEST_PROTOCOL)
+    reader, writer = multiprocess.Pipe(duplex=False)
+    task_r, task_w = multiprocess.Pipe(duplex=False)
+    try:
+        proc = _start(spare_main, (blob, task_r, writer), name, method)
+    finally:
+        writer.close()
+        task_r.close()
+    fd = reader.fileno()
+    os.set_blocking(fd, False)
+    task_fd = os.dup(task_w.fileno())
+    task_w.close()
+    return Child(proc, reader, fd, int(proc.pid), int(proc.sentinel)), task_fd

@@ -36,6 +36,7 @@ from .outcome import AttemptResult, ChildOutcome, Status, Timing
 from .paths import RunPaths
 from .plan import Fold
 from .gpus import Drain, Inventory, Slot
+from .spares import SparePool
 from .watchdog import GpuWatch, OomCounter, tree_memory
 
 MiB = 1024 * 1024
@@ -154,6 +155,8 @@ class Supervisor:
         deadline: float | None = None,
         inventory: Inventory | None = None,
         notes: Callable[[str], None] | None = None,
+        spares: bool = False,
+        preload: list[str] | None = None,
     ) -> None:
         self.journal = journal
         self.paths = paths
@@ -181,6 +184,10 @@ class Supervisor:
         self.oom = OomCounter()
         self.notes = notes or (lambda text: log.warning("%s", text))
         self._gpu_failures: dict[int, int] = {}
+        self.spares = SparePool(
+            enabled=spares, preload=list(preload or []), env=self.env, workdir=workdir,
+            run_id=run_id, paths=paths, start_method=start_method, notes=self.notes,
+        )
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -198,6 +205,7 @@ class Supervisor:
                     self.request_stop(Status.CANCELLED, "past the run's deadline")
                 self._apply_stop(now)
                 self._launch_ready(now)
+                self._keep_spares()
                 self._wait_for_events(self._next_wakeup(now))
                 self._enforce_clocks(time.monotonic())
                 self._finish_leftovers(time.monotonic())
@@ -290,7 +298,12 @@ class Supervisor:
             entrypoint_blob=self.entrypoint_blob, env=self.env, marker=marker,
         )
         started_wall = time.time()
-        child = start_child(task, self.start_method)
+        spare = self.spares.take(slot)
+        if spare is not None:
+            self.spares.hand_over(spare, task)
+            child, buf = spare.child, spare.buf
+        else:
+            child, buf = start_child(task, self.start_method), bytearray()
         try:
             root: psutil.Process | None = psutil.Process(child.pid)
             root_started = root.create_time() if root else None
@@ -302,7 +315,7 @@ class Supervisor:
             fold=fold, attempt=attempt, slot=slot, child=child, root=root, marker=marker,
             log_path=log_path, started=now, started_wall=started_wall,
             deadline=now + self.limits.timeout, next_sample=now + Timing.FIRST_SAMPLE_DELAY,
-            oom_kills_at_start=self.oom.read(),
+            oom_kills_at_start=self.oom.read(), buf=buf,
         )
         self.running[child.pid] = r
         self.journal.start_attempt(
@@ -310,6 +323,13 @@ class Supervisor:
             pid_started_at=root_started, gpu=slot.gpu, log_path=str(log_path),
         )
         self.events.attempt_started(fold, attempt, slot)
+
+    def _keep_spares(self) -> None:
+        if self.stop_status is None and self.pending:
+            self.spares.top_up(self.slots, len(self.pending))
+        elif self.spares.by_slot:
+            self.spares.retire_all()
+        self.spares.poll_retiring(time.monotonic())
 
     # -- step 2: wait ------------------------------------------------------------------
     def _next_wakeup(self, now: float) -> float:
@@ -323,7 +343,7 @@ class Supervisor:
                 times.append(r.report_written + 1.0)
             if self.limits.stall and r.last_report_at is not None:
                 times.append(r.last_report_at + self.limits.stall)
-        if self.leftovers:
+        if self.leftovers or self.spares.retiring:
             times.append(now + 0.05)
         if any(sl.drain for sl in self.slots):
             times.append(now + 0.1)
@@ -340,12 +360,19 @@ class Supervisor:
             if not r.eof:
                 by_fd[r.child.fd] = r
             by_sentinel[r.child.sentinel] = r
-        ready = wait([self._wake_r, *by_fd, *by_sentinel], timeout)
+        spare_fds, spare_sentinels = self.spares.fds(), self.spares.sentinels()
+        ready = wait([self._wake_r, *by_fd, *by_sentinel, *spare_fds, *spare_sentinels], timeout)
         if self._wake_r in ready:
             try:
                 os.read(self._wake_r, 4096)
             except BlockingIOError:
                 pass
+        for obj in ready:
+            if obj in spare_fds:
+                self.spares.on_readable(spare_fds[obj])
+        for obj in ready:
+            if obj in spare_sentinels and spare_sentinels[obj].slot in self.spares.by_slot:
+                self.spares.on_death(spare_sentinels[obj])
         ended: list[_Running] = []
         for obj in ready:
             if obj in by_fd:
@@ -386,6 +413,10 @@ class Supervisor:
     def _finish(self, r: _Running) -> None:
         """The fold's root process has ended: classify, clean its tree, record, retry."""
         r.child.process.join(0)
+        if r.child.process.exitcode is None:
+            # spawn's sentinel is a pipe that closes while the process is still exiting:
+            # its exit status follows within moments
+            r.child.process.join(Timing.REAP_WAIT)
         code = r.child.process.exitcode
         self._read(r)
         self._flush_report(r, time.monotonic(), force=True)
@@ -680,6 +711,7 @@ class Supervisor:
     # -- the end -------------------------------------------------------------------
     def _shutdown(self) -> None:
         """Kill whatever still runs (on an error or stop), wait for every tree to end."""
+        self.spares.close_all()
         now = time.monotonic()
         self._apply_stop(now)
         for r in list(self.running.values()):
