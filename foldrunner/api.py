@@ -116,6 +116,12 @@ class _Fanout:
         for s in self.sinks:
             s.attempt_ended(fold, result, final)
 
+    def report(self, fold: Fold, attempt: int, metrics: dict[str, Any]) -> None:
+        for s in self.sinks:
+            hook = getattr(s, "report", None)
+            if hook is not None:
+                hook(fold, attempt, metrics)
+
 
 def preflight(spec: Spec, paths: RunPaths, entry_blob: bytes | None, start_method: str) -> None:
     """Import the entry point once in a child process; raise PreflightError if it fails."""
@@ -241,6 +247,9 @@ def _run_locked(
             inventory=inventory, notes=notes, spares=s.resources.spares,
             preload=list(s.preload),
         )
+        begin = getattr(events, "start", None)
+        if begin is not None:
+            begin(len(plan.folds), len(done))
         with _stop_on_signals(sup, opts.handle_signals):
             try:
                 sup.run(work)

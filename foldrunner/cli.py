@@ -105,15 +105,18 @@ def run_cmd(spec: str, overrides: tuple[str, ...], run_dir: str | None, resume: 
             gpus: str | None, workers: int | None, deadline: str | None) -> None:
     """Run every fold of SPEC."""
     from .api import RunOptions, run
-    from .live import PlainLines
+    from .live import make_printer
 
     deadline_at = None if deadline is None else time.monotonic() + seconds_until(deadline)
     opts = RunOptions(
         run_dir=Path(run_dir) if run_dir else None, resume=resume,
         gpus=_gpus_option(gpus), workers=workers, deadline=deadline_at,
     )
-    printer = PlainLines()
-    df = run(spec, overrides=list(overrides), options=opts, events=printer, notes=printer.note)
+    printer = make_printer()
+    try:
+        df = run(spec, overrides=list(overrides), options=opts, events=printer, notes=printer.note)
+    finally:
+        printer.stop()
     printer.summary(df)
     if len(df) > 1:
         from .results import render, summarize
@@ -211,6 +214,50 @@ def gpus_cmd() -> None:
         for p in d.processes:
             used = "?" if p.used_bytes is None else f"{p.used_bytes // mib} MiB"
             click.echo(f"    pid {p.pid}: {used}")
+
+
+@main.command("status")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@_guard
+def status_cmd(run_dir: str) -> None:
+    """Counts by status, whether the run is live, and its running folds (works while it runs)."""
+    from .status import run_status
+
+    click.echo(run_status(run_dir))
+
+
+@main.command("logs")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("fold")
+@click.option("--attempt", type=click.IntRange(min=1), help="Attempt number (default: the latest).")
+@click.option("-f", "--follow", "follow_", is_flag=True,
+              help="Keep printing what the attempt writes until it ends.")
+@_guard
+def logs_cmd(run_dir: str, fold: str, attempt: int | None, follow_: bool) -> None:
+    """Print the captured stdout and stderr of FOLD (e.g. t0-r0-f1)."""
+    import os
+
+    from .status import attempt_watch, follow, resolve_log
+
+    number, path = resolve_log(run_dir, fold, attempt)
+    try:
+        if follow_:
+            with attempt_watch(run_dir, fold, number) as ended:
+                for text in follow(path, ended):
+                    click.echo(text, nl=False)
+        elif path.exists():
+            out = sys.stdout.buffer
+            with path.open("rb") as f:
+                while chunk := f.read(1 << 16):
+                    out.write(chunk)
+            out.flush()
+        else:
+            click.echo(f"foldrunner: {fold} attempt {number} has written nothing yet ({path})", err=True)
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:  # `foldrunner logs ... | head`: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,6 +24,7 @@ class Drain:
     kill_at: float
     give_up_at: float
     killed: list[int]
+    reported: bool = False
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Spec -> folds: the grid or random trials, times replicates, times folds.
 
 Every fold has a stable id ``t<trial>-r<replicate>-f<fold>``; the split seed of a
-replicate is ``cv.seed + replicate`` and is the same for every trial, so that all
-trials see the same splits. The plan hash identifies the work a run directory holds:
+replicate is ``cv.seed + replicate`` (modulo 2**32) and is the same for every trial, so
+that all trials see the same splits. The plan hash identifies the work a run directory holds:
 ``--resume`` refuses a spec whose plan hash differs from the journal's.
 """
 
@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .spec import Spec
+
+#: split seeds wrap around into ``[0, 2**32)``, the range numpy and scikit-learn accept
+SEED_SPACE = 2**32
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,8 @@ def build_plan(spec: Spec) -> Plan:
     for t, params in enumerate(trials):
         for r in range(cv.replicates):
             for k in range(cv.folds):
-                folds.append(Fold(len(folds), t, r, k, cv.folds, cv.seed + r, params))
+                seed = (cv.seed + r) % SEED_SPACE
+                folds.append(Fold(len(folds), t, r, k, cv.folds, seed, params))
     return Plan(tuple(trials), tuple(folds), plan_hash(folds))
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sqlite3
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,8 @@ def build_table(journal: Journal) -> pd.DataFrame:
 
 def _table(folds: Sequence[sqlite3.Row], attempts: Sequence[sqlite3.Row]) -> pd.DataFrame:
     last: dict[str, sqlite3.Row] = {}
-    for a in attempts:  # ordered by fold_id, attempt: the last one wins
-        last[a["fold_id"]] = a
+    for att in attempts:  # ordered by fold_id, attempt: the last one wins
+        last[att["fold_id"]] = att
     rows: list[dict[str, Any]] = []
     params_seen: dict[str, None] = {}
     metrics_seen: dict[str, None] = {}
@@ -67,6 +67,8 @@ def _table(folds: Sequence[sqlite3.Row], attempts: Sequence[sqlite3.Row]) -> pd.
     df = pd.DataFrame(rows, columns=columns)
     for col in ("gpu", "exit_code"):
         df[col] = df[col].astype("Int64")
+    for col in ("duration_s", "peak_rss_mb", "peak_gpu_mb"):  # all None would make them object
+        df[col] = df[col].astype("float64")
     return df
 
 
@@ -87,8 +89,8 @@ def write_results(df: pd.DataFrame, paths: RunPaths) -> list[Path]:
 
 
 def _atomic(target: Path, write: Any) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
+    # Not mkstemp: its 0600 file would become the result, unreadable by the user's group.
+    tmp = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         write(tmp)
         os.replace(tmp, target)

@@ -4,8 +4,9 @@
 ``-o KEY=VALUE`` overrides and validates. Every problem is collected into ONE
 :class:`~foldrunner.errors.SpecError`, one line each, naming the key path and, for files,
 the line: ``limits.timeout (line 12): invalid duration '5 minutes': use e.g. 90, 90s, ...``.
-The YAML loader is strict (:class:`_StrictLoader`): YAML 1.2 core scalars (``yes``, ``no``,
-``on``, ``off`` stay strings), no duplicate keys, limits on size, aliases, nodes and depth.
+The YAML loader is strict (:mod:`foldrunner.yamlload`): YAML 1.2 core scalars (``yes``,
+``no``, ``on``, ``off`` stay strings), no duplicate keys, limits on size, aliases, nodes and
+depth. Its names used to live here and are still importable from this module.
 """
 
 from __future__ import annotations
@@ -20,21 +21,25 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer,
                       PlainValidator, PrivateAttr, StrictBool, StrictInt, StrictStr,
                       ValidationError, ValidationInfo, model_validator)
 
 from foldrunner.errors import SpecError
+from foldrunner.yamlload import (UNREADABLE as _UNREADABLE, Loc as Loc, dump_yaml,
+                                 format_problem as _fmt, parse_yaml as _parse_yaml,
+                                 read_spec_file as _read_spec_file, show_value as _show)
+
+# The loader lived in this module before foldrunner.yamlload: its names stay importable here.
+from foldrunner.yamlload import (MAX_ALIASES as MAX_ALIASES, MAX_DEPTH as MAX_DEPTH,  # noqa: F401
+                                 MAX_NODES as MAX_NODES, MAX_SPEC_BYTES as MAX_SPEC_BYTES,
+                                 _RESOLVERS as _RESOLVERS, _construct_int as _construct_int,
+                                 _Walker as _Walker, Dumper as _Dumper,
+                                 LimitExceeded as _LimitExceeded, StrictLoader as _StrictLoader)
 
 #: the outcomes that ``retry.on`` may name
 RETRYABLE_STATUSES: tuple[str, ...] = ("timeout", "crashed", "memory", "error")
-MAX_SPEC_BYTES = 1 << 20  #: larger spec files are refused before parsing
-MAX_ALIASES = 100  #: alias uses allowed in one YAML document
-MAX_NODES = 100_000  #: YAML nodes allowed, counting every expansion of an alias
-MAX_DEPTH = 32  #: nesting levels allowed in a YAML document
 
-Loc = tuple[Union[str, int], ...]  # a key path, e.g. ("resources", "gpus", 1)
 Dist = dict[str, list[Any]]  # one random-search dimension, e.g. {"uniform": [0.0, 0.5]}
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _DOTTED = rf"{_IDENT}(?:\.{_IDENT})*"
@@ -46,16 +51,6 @@ class _Invalid(ValueError):
     def __init__(self, items: list[tuple[Loc, str]]) -> None:
         super().__init__("; ".join(message for _, message in items))
         self.items = items
-
-
-def _show(value: object) -> str:
-    """A short, YAML-flavoured rendering of a value for messages."""
-    if value is None or isinstance(value, bool):
-        return "null" if value is None else str(value).lower()
-    if isinstance(value, (str, int, float)):
-        return repr(value)
-    return "a mapping" if isinstance(value, Mapping) else "a list" if isinstance(
-        value, (list, tuple)) else f"a {type(value).__name__}"
 
 
 def _got(value: object) -> str:
@@ -397,8 +392,7 @@ class Spec(_Section):
 
     def to_yaml(self) -> str:
         """:meth:`to_dict` as YAML that :func:`load_spec` reads back to an equal Spec."""
-        return yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False, allow_unicode=True,
-                         default_flow_style=None)
+        return dump_yaml(self.to_dict())
 
 
 _SECTIONS: dict[Loc, type[BaseModel]] = {
@@ -407,168 +401,7 @@ _SECTIONS: dict[Loc, type[BaseModel]] = {
     ("retry",): RetrySpec, ("output",): OutputSpec}
 
 
-# ---------------------------------------------------------------- the strict YAML loader
-class _LimitExceeded(Exception):
-    """A YAML document over the alias, node or depth limits."""
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """A SafeLoader with YAML 1.2 core scalars and limits on aliases, nodes and depth.
-
-    ``true``/``false`` (also ``True``, ``TRUE``...) are the only booleans: ``yes``, ``no``,
-    ``on``, ``off`` stay strings. No sexagesimal numbers (``1:30`` is a string), no
-    timestamps, no ``=`` value tag. Integers are decimal, ``0o17`` or ``0x1F``; a decimal
-    with a leading zero (``0755``) stays a STRING: YAML 1.1 reads it as octal 493 and YAML
-    1.2 as 755, and either would surprise someone. Floats include ``1e-4`` (YAML 1.2).
-    """
-
-    yaml_implicit_resolvers: dict[Any, Any] = {}
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._aliases = self._nodes = self._depth = 0
-
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> Any:
-        line = self.peek_event().start_mark.line + 1  # type: ignore[no-untyped-call]
-        self._aliases += self.check_event(yaml.AliasEvent)
-        self._nodes += 1
-        if self._aliases > MAX_ALIASES or self._nodes > MAX_NODES:
-            raise _LimitExceeded(f"line {line}: too many YAML aliases/nodes"
-                                 f" (at most {MAX_ALIASES} aliases and {MAX_NODES} nodes)")
-        if self._depth >= MAX_DEPTH:
-            raise _LimitExceeded(f"line {line}: YAML nested deeper than {MAX_DEPTH} levels")
-        self._depth += 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
-class _Dumper(yaml.SafeDumper):
-    """A SafeDumper that also quotes strings the strict loader would read as numbers."""
-
-
-_Dumper.add_representer(tuple, yaml.SafeDumper.represent_list)
-
-
-def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
-    return int(str(loader.construct_scalar(node)), 0)
-
-
-_RESOLVERS = (
-    ("null", r"~|null|Null|NULL|", "~nN"), ("bool", r"true|True|TRUE|false|False|FALSE", "tTfF"),
-    ("int", r"[-+]?(?:0|[1-9][0-9]*)|0o[0-7]+|0x[0-9a-fA-F]+", "-+0123456789"),
-    ("float", r"[-+]?(?:\.[0-9]+|[0-9]+\.[0-9]*)(?:[eE][-+]?[0-9]+)?|[-+]?[0-9]+[eE][-+]?[0-9]+"
-              r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)", "-+0123456789."))
-for _tag, _pattern, _first in _RESOLVERS:
-    for _cls in (_StrictLoader, _Dumper) if _tag in ("int", "float") else (_StrictLoader,):
-        _cls.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(rf"^(?:{_pattern})$"),
-                                   list(_first) + ([""] if _tag == "null" else []))
-_StrictLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
-
-
-_UNREADABLE = object()  # stands for a value the walker reported: validation skips it
-
-
-class _Walker:
-    """Turns composed nodes into plain data, recording the line of every key and item,
-    refusing duplicate and non-string keys, and bounding what aliases expand to."""
-
-    def __init__(self, loader: _StrictLoader) -> None:
-        self.loader, self.nodes = loader, 0
-        self.lines: dict[Loc, int] = {}
-        self.problems: list[str] = []
-
-    def build(self, node: yaml.Node, loc: Loc, depth: int = 1) -> Any:
-        line, self.nodes = node.start_mark.line + 1, self.nodes + 1
-        if self.nodes > MAX_NODES:
-            raise _LimitExceeded(f"too many YAML aliases/nodes: aliases expand past {MAX_NODES} nodes")
-        if depth > MAX_DEPTH:
-            raise _LimitExceeded(f"line {line}: YAML nested deeper than {MAX_DEPTH} levels")
-        if isinstance(node, yaml.ScalarNode):
-            try:
-                return self.loader.construct_object(node)
-            except (yaml.YAMLError, ValueError) as exc:
-                why = exc.problem if isinstance(exc, yaml.MarkedYAMLError) else exc
-                self.problems.append(_fmt(loc, f"line {line}", f"cannot read this value: {why}"))
-                return _UNREADABLE
-        if node.tag not in ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"):
-            self.problems.append(_fmt(loc, f"line {line}", f"unsupported YAML tag {node.tag}"))
-        if isinstance(node, yaml.SequenceNode):
-            items = []
-            for i, item in enumerate(node.value):
-                self.lines[loc + (i,)] = item.start_mark.line + 1
-                items.append(self.build(item, loc + (i,), depth + 1))
-            return items
-        mapping: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            key_line = key_node.start_mark.line + 1
-            scalar = isinstance(key_node, yaml.ScalarNode)  # a complex key (`? [a]`) is no string
-            key = self.build(key_node, loc, depth + 1) if scalar else None
-            if key is _UNREADABLE:
-                continue
-            if not isinstance(key, str) or key == "<<":
-                self.problems.append(_fmt(loc, f"line {key_line}", "merge keys (<<) are not supported"
-                                          if key == "<<" else f"key {_show(key)} is not a string"))
-            elif key in mapping:
-                lines = f"lines {self.lines[loc + (key,)]} and {key_line}"
-                self.problems.append(_fmt(loc + (key,), lines, "duplicate key"))
-            else:
-                self.lines[loc + (key,)] = key_line
-                mapping[key] = self.build(value_node, loc + (key,), depth + 1)
-        return mapping
-
-
-def _parse_yaml(text: str) -> tuple[Any, dict[Loc, int], list[str]]:
-    """Parse one YAML document: (data, the line of each key path, problems)."""
-    loader: _StrictLoader | None = None
-    try:
-        loader = _StrictLoader(text)
-        node = loader.get_single_node()
-        walker = _Walker(loader)
-        return (None if node is None else walker.build(node, ())), walker.lines, walker.problems
-    except _LimitExceeded as exc:
-        return None, {}, [str(exc)]
-    except yaml.YAMLError as exc:
-        if not isinstance(exc, yaml.MarkedYAMLError):
-            return None, {}, [f"invalid YAML: {' '.join(str(exc).split())}"]
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        what = "; ".join(filter(None, (exc.context, exc.problem)))
-        return None, {}, [f"{where}invalid YAML: {what}"]
-    finally:
-        if loader is not None:
-            loader.dispose()
-
-
-def _read_spec_file(path: Path) -> tuple[Any, dict[Loc, int], list[str]]:
-    """Read and parse a spec file; a file that cannot be read raises SpecError at once."""
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as stream:
-            data = stream.read(MAX_SPEC_BYTES + 1) if size <= MAX_SPEC_BYTES else b""
-    except FileNotFoundError:
-        raise SpecError([f"no such file: {path}"], str(path)) from None
-    except OSError as exc:
-        raise SpecError([f"cannot read {path}: {exc.strerror or exc}"], str(path)) from None
-    if max(size, len(data)) > MAX_SPEC_BYTES:
-        raise SpecError([f"spec file is {max(size, len(data))} bytes; the limit is 1 MiB"], str(path))
-    try:
-        return _parse_yaml(data.decode("utf-8").removeprefix("\ufeff"))
-    except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise SpecError([f"line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save the"
-                         " spec as UTF-8"], str(path)) from None
-
-
 # ---------------------------------------------------------------- problems and overrides
-def _fmt(loc: Loc, note: str | None, message: str) -> str:
-    """``resources.gpus[1] (note): message``, leaving out what is unknown."""
-    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
-    where = f"{path} ({note})" if path and note else path or note
-    return f"{where}: {message}" if where else message
-
-
 _EXPECTED = {"int_type": "an integer", "string_type": "a string", "bool_type": "true or false",
              "float_type": "a number", "list_type": "a list", "dict_type": "a mapping",
              "model_type": "a mapping", "model_attributes_type": "a mapping"}

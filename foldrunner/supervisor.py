@@ -584,6 +584,12 @@ class Supervisor:
             self.gpu_watch.refresh(now, max_age=0.1)
             _, holders = self.gpu_watch.fold_usage(slot.gpu, d.marker, d.pids)
             holders = [pid for pid in holders if pid not in d.killed or _pid_alive(pid)]
+            if holders and not d.reported:
+                d.reported = True
+                self.notes(
+                    f"fold {d.fold_id} left {len(holders)} process(es) holding memory on GPU "
+                    f"{slot.gpu} ({holders}); the slot waits until they are gone"
+                )
             if not holders:
                 slot.drain = None
             elif now >= d.give_up_at:
@@ -601,10 +607,7 @@ class Supervisor:
                         continue
                 proctree.send(procs, signal.SIGKILL)
                 d.killed = holders
-                self.notes(
-                    f"fold {d.fold_id} left {len(holders)} process(es) holding memory on GPU "
-                    f"{slot.gpu} ({holders}); killed them before reusing the slot"
-                )
+                self.notes(f"GPU {slot.gpu}: killed {holders} of fold {d.fold_id} with SIGKILL")
 
     def _tree(self, r: _Running) -> list[psutil.Process]:
         procs = [] if r.root is None else [r.root]
