@@ -129,10 +129,13 @@ class SparePool:
 
     # -- handing over ------------------------------------------------------------------
     def take(self, slot: Slot) -> Spare | None:
-        """The slot's spare, or a new one when spares are on (it gets its fold at once)."""
-        spare = self.by_slot.pop(slot.index, None)
-        if spare is None and self.enabled:
-            spare = self._start(slot)
+        """The slot's spare if it is ready; else None (the fold starts cold, the spare
+        keeps warming for the next one). A fold is never handed to a spare that could
+        still die in its preloads."""
+        spare = self.by_slot.get(slot.index)
+        if spare is None or spare.ready_at is None:
+            return None
+        del self.by_slot[slot.index]
         return spare
 
     def hand_over(self, spare: Spare, task: ChildTask) -> None:
