@@ -24,7 +24,7 @@ from multiprocess.connection import wait
 from . import proctree
 from .child import ChildTask, read_messages
 from .errors import InterruptedRun, PreflightError, RunDirError
-from .gpus import Inventory, NvmlInventory, make_slots
+from .gpus import Inventory, NvmlInventory, Slot, make_slots
 from .journal import Journal
 from .lock import RunLock
 from .launcher import start_child
@@ -33,7 +33,7 @@ from .paths import RunPaths
 from .plan import Fold, Plan, build_plan
 from .results import build_table, write_results
 from .spec import Spec, load_spec
-from .supervisor import Events, Limits, Slot, Supervisor
+from .supervisor import Events, Limits, Supervisor
 
 Overrides = Sequence[str] | Mapping[str, Any]
 

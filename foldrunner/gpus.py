@@ -178,7 +178,7 @@ def make_slots(
                 )
         if devices and not chosen:
             notes.append("no GPU has enough free memory; folds run on the CPU")
-    elif gpus != "none":
+    elif not isinstance(gpus, str):
         chosen = list(gpus)
     if chosen:
         slots = [Slot(i * per_gpu + k, gpu) for i, gpu in enumerate(chosen) for k in range(per_gpu)]

@@ -32,7 +32,7 @@ SERVER_PRELOAD = ["foldrunner.child"]
 _MAIN_KEYS = ("init_main_from_path", "init_main_from_name")
 
 
-class _FoldServer(mp_forkserver.ForkServer):
+class _FoldServer(mp_forkserver.ForkServer):  # type: ignore[misc]
     """foldrunner's own fork server, apart from ``multiprocess``'s global one.
 
     The global server is configured by whoever starts it first (the caller's code may

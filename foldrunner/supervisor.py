@@ -481,9 +481,9 @@ class Supervisor:
         return Status.CRASHED, f"{how} without sending a result ({log})", "", {}, ""
 
     def _backoff(self, attempt: int) -> float:
-        base = self.limits.backoff * 2 ** (attempt - 1)
+        base = self.limits.backoff * 2.0 ** (attempt - 1)
         j = Timing.BACKOFF_JITTER
-        return base * self.rng.uniform(1 - j, 1 + j)
+        return float(base * self.rng.uniform(1 - j, 1 + j))
 
     @staticmethod
     def _peak_mb(r: _Running) -> float | None:
