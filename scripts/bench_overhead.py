@@ -74,11 +74,59 @@ def foldrunner_run(n: int, workers: int) -> float:
     return elapsed
 
 
+def _trivial_trainable(config):  # a Ray Tune trial: the same trivial work
+    return {"acc": 1.0, "i": config["i"]}
+
+
+def ray_tune(n: int, workers: int) -> float:
+    """Seconds for n trivial Ray Tune trials at ``workers`` concurrent trials (ray.init excluded)."""
+    import ray
+    from ray import tune
+
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+             logging_level="ERROR", configure_logging=False)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            tuner = tune.Tuner(
+                _trivial_trainable,
+                param_space={"i": tune.grid_search(list(range(n)))},
+                tune_config=tune.TuneConfig(max_concurrent_trials=workers),
+                run_config=tune.RunConfig(storage_path=tmp, verbose=0),
+            )
+            t0 = time.perf_counter()
+            results = tuner.fit()
+            elapsed = time.perf_counter() - t0
+            assert len(results) == n and not results.errors
+    finally:
+        ray.shutdown()
+    return elapsed
+
+
+def ray_tasks_max_calls_1(n: int, workers: int) -> float:
+    """Seconds for n trivial Ray tasks, each in a fresh worker (max_calls=1)."""
+    import ray
+
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+             logging_level="ERROR", configure_logging=False)
+    try:
+        task = ray.remote(max_calls=1, num_cpus=1)(_trivial_trainable)
+        ray.get(task.remote({"i": -1}))  # the cluster is up and a worker has started once
+        t0 = time.perf_counter()
+        out = ray.get([task.remote({"i": i}) for i in range(n)])
+        elapsed = time.perf_counter() - t0
+        assert len(out) == n
+    finally:
+        ray.shutdown()
+    return elapsed
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--folds", type=int, default=200)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--ray-folds", type=int, default=40,
+                    help="trials for the Ray comparisons (they are slow), where ray[tune] is installed")
     args = ap.parse_args()
     sys.path.insert(0, str(HERE))
     bare_loop(10, args.workers)  # warm up: start the fork servers, fill the caches
@@ -93,6 +141,19 @@ def main() -> int:
     print(f"  bare multiprocess loop : {n / b:7.1f} tasks/s  {1000 * b / n:6.2f} ms/task")
     print(f"  foldrunner.run         : {n / o:7.1f} folds/s  {1000 * o / n:6.2f} ms/fold")
     print(f"  ratio (foldrunner/bare per-task cost): {o / b:.2f}x  (goal: <= 1.3x)")
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        print("ray[tune] is not installed: no Ray comparison (pip install 'foldrunner[ray]')")
+        return 0
+    m = args.ray_folds
+    tune_s = ray_tune(m, args.workers)
+    tasks_s = ray_tasks_max_calls_1(m, args.workers)
+    print(f"{m} trivial trials at {args.workers} concurrent, Ray {ray.__version__}")
+    print(f"  Ray Tune                : {m / tune_s:7.2f} trials/s")
+    print(f"  Ray tasks, max_calls=1  : {m / tasks_s:7.2f} tasks/s")
+    print(f"  foldrunner / Ray Tune   : {(n / o) / (m / tune_s):7.0f}x  (goal: >= 50x)")
+    print(f"  foldrunner / Ray tasks  : {(n / o) / (m / tasks_s):7.0f}x  (goal: >= 20x)")
     return 0
 
 
