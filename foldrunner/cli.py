@@ -194,7 +194,7 @@ def _objective(run_dir: Path) -> tuple[str | None, str]:
 @_guard
 def gpus_cmd() -> None:
     """List the GPUs NVML sees, their memory and processes."""
-    from .gpus import NoGpus, NvmlInventory
+    from .gpus import NoGpus, NvmlInventory, describe
 
     try:
         devices = NvmlInventory().devices()
@@ -204,16 +204,7 @@ def gpus_cmd() -> None:
     if not devices:
         click.echo("No GPUs: NVML sees none.")
         return
-    mib = 1024 * 1024
-    for d in devices:
-        util = "?" if d.utilization is None else f"{d.utilization}%"
-        click.echo(
-            f"GPU {d.index}: {d.name}  {d.free_bytes // mib} MiB free of {d.total_bytes // mib} MiB"
-            f"  util {util}  {len(d.processes)} process(es)"
-        )
-        for p in d.processes:
-            used = "?" if p.used_bytes is None else f"{p.used_bytes // mib} MiB"
-            click.echo(f"    pid {p.pid}: {used}")
+    click.echo("\n".join(describe(devices)))
 
 
 @main.command("status")

@@ -191,3 +191,27 @@ def make_slots(
         return slots, notes
     n = workers if workers is not None else cpu_count()
     return [Slot(i, None) for i in range(max(1, n))], notes
+
+
+def describe(devices: list[GpuInfo]) -> list[str]:
+    """Lines for ``foldrunner gpus``: each GPU, its memory, and its processes, with
+    foldrunner's folds marked (fold, attempt, run) by the marker in their environment."""
+    from .proctree import read_marker
+
+    lines = []
+    for d in devices:
+        util = "?" if d.utilization is None else f"{d.utilization}%"
+        lines.append(
+            f"GPU {d.index}: {d.name}  {d.free_bytes // MiB} MiB free of {d.total_bytes // MiB} MiB"
+            f"  util {util}  {len(d.processes)} process(es)"
+        )
+        for p in d.processes:
+            used = "?" if p.used_bytes is None else f"{p.used_bytes // MiB} MiB"
+            marker = read_marker(p.pid)
+            whose = ""
+            if marker:
+                run_id, _, rest = marker.partition("/")
+                fold, _, attempt = rest.partition("/")
+                whose = f"  foldrunner {fold} attempt {attempt} (run {run_id})"
+            lines.append(f"    pid {p.pid}: {used}{whose}")
+    return lines

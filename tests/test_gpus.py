@@ -146,3 +146,36 @@ def test_the_slot_comes_back_clean(tmp_path):
     start1 = float((run_dir / "start.1").read_text())
     assert start1 - ended0 >= 0.9  # the slot waited for the leaked GPU process to be gone
     assert any("fold t0-r0-f0 left 1 process(es) holding memory on GPU 0" in n for n in notes), notes
+
+
+def test_gpus_listing_marks_foldrunner_folds(tmp_path):
+    from foldrunner.gpus import GpuInfo, GpuProcess, describe
+
+    env = {"FOLDRUNNER_FOLD": "abc123/t1-r0-f2/3", "PATH": "/usr/bin:/bin"}
+    fold = subprocess.Popen(["sleep", "30"], env=env)
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        time.sleep(0.1)
+        info = GpuInfo(0, "Fake GPU", "GPU-x", 16 * GiB, 12 * GiB, 4 * GiB, 37,
+                       (GpuProcess(fold.pid, 3 * GiB), GpuProcess(other.pid, None)))
+        lines = describe([info])
+    finally:
+        for p in (fold, other):
+            p.kill()
+            p.wait()
+    assert lines[0] == "GPU 0: Fake GPU  12288 MiB free of 16384 MiB  util 37%  2 process(es)"
+    assert lines[1] == f"    pid {fold.pid}: 3072 MiB  foldrunner t1-r0-f2 attempt 3 (run abc123)"
+    assert lines[2] == f"    pid {other.pid}: ?"
+
+
+def test_gpus_command_lists_gpus_or_says_plainly_there_are_none():
+    from foldrunner.gpus import NoGpus, NvmlInventory
+
+    r = subprocess.run([sys.executable, "-m", "foldrunner", "gpus"], capture_output=True, text=True)
+    assert r.returncode == 0
+    try:
+        NvmlInventory().devices()
+    except NoGpus as exc:
+        assert r.stdout == f"No GPUs: {exc}.\n"
+    else:  # pragma: no cover - on a machine with an NVIDIA driver
+        assert r.stdout.startswith("GPU 0: ")
