@@ -27,7 +27,7 @@ from .errors import InterruptedRun, PreflightError, RunDirError
 from .gpus import Inventory, NvmlInventory, Slot, make_slots
 from .journal import Journal
 from .lock import RunLock
-from .launcher import start_child
+from .launcher import ZygoteError, start_child, start_zygote, stop_zygote
 from .outcome import AttemptResult, ChildOutcome, Status, Timing
 from .paths import RunPaths
 from .plan import Fold, Plan, build_plan
@@ -227,6 +227,10 @@ def _run_locked(
     )
     for n in slot_notes:
         notes(n)
+    server, spares = None, s.resources.spares
+    if s.resources.zygote:
+        server = _zygote(s, paths, opts, notes)
+        spares = spares and server is None  # forks from the zygote need no spares
     with Journal(paths.journal) as journal:
         run_id = _open_journal(journal, s, plan, opts.resume)
         if opts.resume:
@@ -244,8 +248,8 @@ def _run_locked(
             entrypoint=s.entrypoint, entrypoint_blob=entry_blob, workdir=str(s.workdir),
             env=dict(s.env), events=_Fanout(writer, *([events] if events else [])),
             start_method=opts.start_method, deadline=opts.deadline,
-            inventory=inventory, notes=notes, spares=s.resources.spares,
-            preload=list(s.preload),
+            inventory=inventory, notes=notes, spares=spares,
+            preload=list(s.preload), server=server,
         )
         begin = getattr(events, "start", None)
         if begin is not None:
@@ -254,6 +258,8 @@ def _run_locked(
             try:
                 sup.run(work)
             finally:
+                if server is not None:
+                    stop_zygote(server)
                 df = writer.flush()
                 df.attrs["planned"] = len(plan.folds)
                 df.attrs["run_dir"] = str(paths.root)
@@ -289,6 +295,18 @@ def _stop_on_signals(sup: Supervisor, enabled: bool) -> Iterator[None]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def _zygote(s: Spec, paths: RunPaths, opts: RunOptions, notes: Callable[[str], None]) -> Any:
+    """The zygote server for this spec, or None (and a note saying why) when it cannot be."""
+    if opts.start_method != "forkserver":
+        notes(f"resources.zygote: not used with the {opts.start_method} start method")
+        return None
+    try:
+        return start_zygote(list(s.preload), str(s.workdir), dict(s.env), paths.root / "zygote.status")
+    except ZygoteError as exc:
+        notes(f"resources.zygote: not used: {exc}; folds start from the plain fold server")
+        return None
 
 
 def _no_notes(_: str) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import sys
+from pathlib import Path
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,9 +42,9 @@ class _FoldServer(mp_forkserver.ForkServer):  # type: ignore[misc]
     preloads only :data:`SERVER_PRELOAD` and never runs an op of anything.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, preload: list[str] | None = None) -> None:
         super().__init__()
-        self.set_forkserver_preload(list(SERVER_PRELOAD))
+        self.set_forkserver_preload(list(preload or SERVER_PRELOAD))
 
     @property
     def pid(self) -> int | None:
@@ -50,6 +52,8 @@ class _FoldServer(mp_forkserver.ForkServer):  # type: ignore[misc]
 
 
 FOLD_SERVER = _FoldServer()
+_starting_from: _FoldServer | None = None
+"""The server the process being started is forked from (set around ``Process.start``)."""
 
 
 def _preparation_data(name: str) -> dict[str, Any]:
@@ -72,7 +76,8 @@ class _FoldPopen(popen_forkserver.Popen):  # type: ignore[misc]
             reduction.dump(process_obj, buf)
         finally:
             set_spawning_popen(None)
-        self.sentinel, w = FOLD_SERVER.connect_to_new_process(self._fds)
+        server = _starting_from or FOLD_SERVER
+        self.sentinel, w = server.connect_to_new_process(self._fds)
         parent_w = os.dup(w)  # the child's sentinel of its parent, as upstream keeps it
         self.finalizer = util.Finalize(self, util.close_fds, (parent_w, self.sentinel))
         with open(w, "wb", closefd=True) as f:
@@ -107,9 +112,83 @@ def _without_main_module() -> Iterator[None]:
         mp_spawn.get_preparation_data = original
 
 
+_ZYGOTES: list[_FoldServer] = []
+ZYGOTE_START_TIMEOUT = 300.0
+"""Seconds the zygote may take to import its preloads before it is given up."""
+
+
+class ZygoteError(Exception):
+    """The zygote could not be started; the message says why."""
+
+
+def start_zygote(preload: list[str], workdir: str, env: dict[str, str], status: Path) -> _FoldServer:
+    """Start a zygote for one run: it sets ``env``, imports ``preload``, then forks folds.
+
+    ``status`` is the file where it says ``ready: ...`` or ``error: ...``.
+    """
+    import json
+    import time
+
+    from .zygote import ENV
+
+    server = _FoldServer(["foldrunner.zygote"])
+    status.unlink(missing_ok=True)
+    cfg = {"preload": list(preload), "sys_path": [workdir, *sys.path], "status": str(status),
+           "env": dict(env)}
+    os.environ[ENV] = json.dumps(cfg)
+    try:
+        server.ensure_running()
+    finally:
+        del os.environ[ENV]
+    _ZYGOTES.append(server)
+    pid = server.pid
+    assert pid is not None
+    deadline = time.monotonic() + ZYGOTE_START_TIMEOUT
+    while True:
+        text = status.read_text() if status.exists() else ""
+        if text.startswith("ready"):
+            return server
+        if text.startswith("error") or os.waitpid(pid, os.WNOHANG)[0] or time.monotonic() > deadline:
+            stop_zygote(server)
+            raise ZygoteError(
+                text or f"the zygote did not finish importing {preload} in {ZYGOTE_START_TIMEOUT:g}s"
+            )
+        time.sleep(0.05)
+
+
+def stop_zygote(server: _FoldServer, wait: float = 5.0) -> None:
+    """End a zygote: it exits once its last fold has; SIGKILL if it lingers; reap it."""
+    import signal
+    import time
+
+    pid = server.pid
+    if server._forkserver_alive_fd is not None:
+        os.close(server._forkserver_alive_fd)
+        server._forkserver_alive_fd = None
+    if pid is None:
+        return
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            break
+        time.sleep(0.02)
+    server._forkserver_pid = None
+    if server in _ZYGOTES:
+        _ZYGOTES.remove(server)
+
+
 def server_pids() -> set[int]:
-    """Pids of the processes foldrunner keeps as its own children (the fold server)."""
-    return {FOLD_SERVER.pid} if FOLD_SERVER.pid else set()
+    """Pids of the processes foldrunner keeps as its own children (its fork servers)."""
+    servers = [FOLD_SERVER, *_ZYGOTES]
+    return {s.pid for s in servers if s.pid}
 
 
 @dataclass
@@ -133,12 +212,18 @@ class Child:
             pass
 
 
-def _start(target: Any, args: tuple[Any, ...], name: str, method: str) -> Any:
+def _start(target: Any, args: tuple[Any, ...], name: str, method: str,
+           server: _FoldServer | None = None) -> Any:
     if method not in START_METHODS:
         raise ValueError(f"start method must be one of {START_METHODS}; got {method!r}")
     if method == "forkserver":
+        global _starting_from
         proc = _FoldProcess(target=target, args=args, name=name, daemon=False)
-        proc.start()
+        _starting_from = server
+        try:
+            proc.start()
+        finally:
+            _starting_from = None
     else:
         proc = multiprocess.get_context("spawn").Process(
             target=target, args=args, name=name, daemon=False
@@ -148,12 +233,13 @@ def _start(target: Any, args: tuple[Any, ...], name: str, method: str) -> Any:
     return proc
 
 
-def start_child(task: ChildTask, method: str = "forkserver") -> Child:
-    """Start one fold process for ``task``; return it with its result pipe."""
+def start_child(task: ChildTask, method: str = "forkserver", server: _FoldServer | None = None) -> Child:
+    """Start one fold process for ``task`` (from ``server``, a zygote, when given)."""
     blob = pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
     reader, writer = multiprocess.Pipe(duplex=False)
     try:
-        proc = _start(child_main, (blob, writer), f"foldrunner {task.fold_id}.{task.attempt}", method)
+        name = f"foldrunner {task.fold_id}.{task.attempt}"
+        proc = _start(child_main, (blob, writer), name, method, server)
     finally:
         writer.close()
     fd = reader.fileno()

@@ -157,6 +157,7 @@ class Supervisor:
         notes: Callable[[str], None] | None = None,
         spares: bool = False,
         preload: list[str] | None = None,
+        server: Any = None,
     ) -> None:
         self.journal = journal
         self.paths = paths
@@ -169,6 +170,7 @@ class Supervisor:
         self.env = dict(env or {})
         self.events: Events = events or NoEvents()
         self.start_method = start_method
+        self.server = server
         self.rng = rng or random.Random()
         self.pending: deque[_Pending] = deque()
         self.running: dict[int, _Running] = {}  # by root pid
@@ -303,7 +305,7 @@ class Supervisor:
             self.spares.hand_over(spare, task)
             child, buf = spare.child, spare.buf
         else:
-            child, buf = start_child(task, self.start_method), bytearray()
+            child, buf = self._start_cold(task), bytearray()
         try:
             root: psutil.Process | None = psutil.Process(child.pid)
             root_started = root.create_time() if root else None
@@ -323,6 +325,18 @@ class Supervisor:
             pid_started_at=root_started, gpu=slot.gpu, log_path=str(log_path),
         )
         self.events.attempt_started(fold, attempt, slot)
+
+    def _start_cold(self, task: ChildTask) -> Child:
+        if self.server is None:
+            return start_child(task, self.start_method)
+        try:
+            return start_child(task, self.start_method, self.server)
+        except (OSError, EOFError) as exc:
+            status = self.paths.root / "zygote.status"
+            why = status.read_text() if status.exists() else f"{type(exc).__name__}: {exc}"
+            self.notes(f"the zygote stopped serving ({why}); folds start from the plain fold server")
+            self.server = None
+            return start_child(task, self.start_method)
 
     def _keep_spares(self) -> None:
         if self.stop_status is None and self.pending:

@@ -32,3 +32,21 @@ def fold(ctx):
     X, y = data()
     seconds = fit_once(X, y, ctx.fold)
     return {"fit_s": seconds}
+
+
+def fold_metrics(ctx):
+    """For the zygote soak: the model's evaluation, which must not depend on how the
+    process was made (same seed, one thread: bit-identical across start methods)."""
+    import keras
+
+    X, y = data()
+    keras.utils.set_random_seed(ctx.fold)
+    model = keras.Sequential([
+        keras.Input((X.shape[1],)),
+        keras.layers.Dense(64, activation="relu"),
+        keras.layers.Dense(10, activation="softmax"),
+    ])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(X, y, epochs=1, batch_size=64, verbose=0)
+    loss, acc = model.evaluate(X, y, verbose=0)
+    return {"loss": float(loss), "acc": float(acc), "pid": __import__("os").getpid()}
