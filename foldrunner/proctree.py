@@ -124,6 +124,24 @@ def killpg(pgid: int, sig: int) -> bool:
         return False
 
 
+def alive(p: psutil.Process, zombie_is_alive: bool = False) -> bool:
+    """Whether ``p`` still runs (a zombie counts only with ``zombie_is_alive``)."""
+    try:
+        if not p.is_running():
+            return False
+        return zombie_is_alive or p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process (not a zombie)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def reap(pid: int) -> bool:
     """``waitpid`` one child of ours without blocking; True when it is gone for good."""
     try:

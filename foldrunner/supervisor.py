@@ -35,13 +35,13 @@ from .launcher import Child, server_pids, start_child
 from .outcome import AttemptResult, ChildOutcome, Status, Timing
 from .paths import RunPaths
 from .plan import Fold
-from .gpus import Drain, Inventory, Slot
+from .gpus import Inventory, Slot
+from .reaper import Reaper
+from .slots import GpuSlots
 from .spares import SparePool
 from .watchdog import GpuWatch, OomCounter, tree_memory
 
 MiB = 1024 * 1024
-GPU_FAILURES_IN_A_ROW = 3
-"""A GPU on which this many folds in a row failed is taken out of the rotation."""
 log = logging.getLogger("foldrunner")
 
 
@@ -122,18 +122,6 @@ class _Running:
         return {self.child.pid, *self.members}
 
 
-@dataclass
-class _Leftovers:
-    """Processes a fold left behind after its root ended: TERM sent, KILL at ``kill_at``."""
-
-    fold_id: str
-    pgid: int
-    procs: dict[int, psutil.Process]
-    kill_at: float
-    killed: bool = False
-    give_up_at: float = 0.0
-
-
 class Supervisor:
     """Runs folds, each attempt in a fresh process, within ``slots``."""
 
@@ -174,10 +162,9 @@ class Supervisor:
         self.rng = rng or random.Random()
         self.pending: deque[_Pending] = deque()
         self.running: dict[int, _Running] = {}  # by root pid
-        self.leftovers: list[_Leftovers] = []
+        self.reaper = Reaper(lambda: self._our_children | server_pids())
         self.stop_status: Status | None = None
         self.stop_reason = ""
-        self._fold_pids: set[int] = set()
         self._our_children: set[int] = set()
         self._stop_pending = False
         self._stop_hard = False
@@ -185,7 +172,7 @@ class Supervisor:
         self.gpu_watch = GpuWatch(inventory if any(sl.gpu is not None for sl in slots) else None)
         self.oom = OomCounter()
         self.notes = notes or (lambda text: log.warning("%s", text))
-        self._gpu_failures: dict[int, int] = {}
+        self.gpu_slots = GpuSlots(slots, self.gpu_watch, self.notes, limits.grace)
         self.spares = SparePool(
             enabled=spares, preload=list(preload or []), env=self.env, workdir=workdir,
             run_id=run_id, paths=paths, start_method=start_method, notes=self.notes,
@@ -210,8 +197,8 @@ class Supervisor:
                 self._keep_spares()
                 self._wait_for_events(self._next_wakeup(now))
                 self._enforce_clocks(time.monotonic())
-                self._finish_leftovers(time.monotonic())
-                self._check_drains(time.monotonic())
+                self.reaper.poll(time.monotonic())
+                self.gpu_slots.check_drains(time.monotonic())
         finally:
             self._shutdown()
             if not was_subreaper:
@@ -220,7 +207,7 @@ class Supervisor:
             os.close(self._wake_w)
 
     def _work_left(self) -> bool:
-        if self.running or self.leftovers or any(sl.drain for sl in self.slots):
+        if self.running or self.reaper or self.gpu_slots.draining:
             return True
         if not self.pending or self.stop_status is not None:
             return False
@@ -260,8 +247,7 @@ class Supervisor:
             elif self._stop_hard and not r.sigkilled:
                 self._sigkill(r)
         if self._stop_hard:
-            for lo in self.leftovers:
-                lo.kill_at = min(lo.kill_at, now)
+            self.reaper.hurry(now)
 
     # -- step 1: launch ----------------------------------------------------------------
     def _launch_ready(self, now: float) -> None:
@@ -312,7 +298,6 @@ class Supervisor:
         except psutil.NoSuchProcess:
             root, root_started = None, None
         slot.busy = True
-        self._fold_pids.add(child.pid)
         r = _Running(
             fold=fold, attempt=attempt, slot=slot, child=child, root=root, marker=marker,
             log_path=log_path, started=now, started_wall=started_wall,
@@ -357,9 +342,9 @@ class Supervisor:
                 times.append(r.report_written + 1.0)
             if self.limits.stall and r.last_report_at is not None:
                 times.append(r.last_report_at + self.limits.stall)
-        if self.leftovers or self.spares.retiring:
+        if self.reaper or self.spares.retiring:
             times.append(now + 0.05)
-        if any(sl.drain for sl in self.slots):
+        if self.gpu_slots.draining:
             times.append(now + 0.1)
         if self.stop_status is None and any(sl.free for sl in self.slots):
             times.extend(p.not_before for p in self.pending)
@@ -436,7 +421,11 @@ class Supervisor:
         self._flush_report(r, time.monotonic(), force=True)
         del self.running[r.child.pid]
         status, error, tb, metrics, note = self._classify(r, code)
-        self._collect_leftovers(r)
+        now = time.monotonic()
+        self.reaper.collect(
+            fold_id=r.fold.fold_id, root_pid=r.child.pid, marker=r.marker, members=r.members,
+            killed=r.sigkilled, kill_at=r.kill_at if r.kill_at is not None else now + self.limits.grace,
+        )
         ended_wall = time.time()
         result = AttemptResult(
             fold_id=r.fold.fold_id, attempt=r.attempt, status=status,
@@ -451,8 +440,7 @@ class Supervisor:
         )
         r.child.close()
         r.slot.busy = False
-        self._start_drain(r)
-        self._count_gpu_failure(r.slot, status)
+        self.gpu_slots.fold_ended(r.slot, status, r.fold.fold_id, r.marker, r.known_pids())
         self.journal.end_attempt(result)
         final = not (
             status in self.limits.retry_on
@@ -559,70 +547,6 @@ class Supervisor:
                 now, hard=True,
             )
 
-    # -- GPUs: rotation and clean slots ------------------------------------------------
-    def _count_gpu_failure(self, slot: Slot, status: Status) -> None:
-        """Take a GPU out of the rotation after it failed folds three times in a row."""
-        if slot.gpu is None or status is Status.CANCELLED:
-            return
-        if status is Status.OK:
-            self._gpu_failures[slot.gpu] = 0
-            return
-        n = self._gpu_failures.get(slot.gpu, 0) + 1
-        self._gpu_failures[slot.gpu] = n
-        if n >= GPU_FAILURES_IN_A_ROW and not slot.out:
-            for sl in self.slots:
-                if sl.gpu == slot.gpu:
-                    sl.out = True
-            left = sorted({sl.gpu for sl in self.slots if not sl.out and sl.gpu is not None})
-            self.notes(
-                f"GPU {slot.gpu} taken out of the rotation: {n} folds in a row failed on it"
-                f" (last: {status.value}); GPUs left: {left or 'none'}"
-            )
-
-    def _start_drain(self, r: _Running) -> None:
-        """Keep a GPU slot until no process of its last fold holds GPU memory."""
-        if r.slot.gpu is None or self.gpu_watch.inventory is None or self.gpu_watch.broken:
-            return
-        now = time.monotonic()
-        r.slot.drain = Drain(
-            fold_id=r.fold.fold_id, marker=r.marker, pids=r.known_pids(),
-            kill_at=now + self.limits.grace, give_up_at=now + self.limits.grace + Timing.REAP_WAIT,
-            killed=[],
-        )
-
-    def _check_drains(self, now: float) -> None:
-        for slot in self.slots:
-            d = slot.drain
-            if d is None or slot.gpu is None:
-                continue
-            self.gpu_watch.refresh(now, max_age=0.1)
-            _, holders = self.gpu_watch.fold_usage(slot.gpu, d.marker, d.pids)
-            holders = [pid for pid in holders if pid not in d.killed or _pid_alive(pid)]
-            if holders and not d.reported:
-                d.reported = True
-                self.notes(
-                    f"fold {d.fold_id} left {len(holders)} process(es) holding memory on GPU "
-                    f"{slot.gpu} ({holders}); the slot waits until they are gone"
-                )
-            if not holders:
-                slot.drain = None
-            elif now >= d.give_up_at:
-                self.notes(
-                    f"GPU {slot.gpu}: processes {holders} of fold {d.fold_id} still hold GPU memory "
-                    f"after SIGKILL; the slot is used again anyway"
-                )
-                slot.drain = None
-            elif now >= d.kill_at and not d.killed:
-                procs = []
-                for pid in holders:
-                    try:
-                        procs.append(psutil.Process(pid))
-                    except psutil.NoSuchProcess:
-                        continue
-                proctree.send(procs, signal.SIGKILL)
-                d.killed = holders
-                self.notes(f"GPU {slot.gpu}: killed {holders} of fold {d.fold_id} with SIGKILL")
-
     def _tree(self, r: _Running) -> list[psutil.Process]:
         procs = [] if r.root is None else [r.root]
         if r.root is not None:
@@ -654,77 +578,6 @@ class Supervisor:
         if r.kill_status is not None:
             r.kill_reason += f"; still alive {self.limits.grace:g}s after SIGTERM, killed with SIGKILL"
 
-    # -- step 6: what folds leave behind -----------------------------------------------
-    def _collect_leftovers(self, r: _Running) -> None:
-        """After a fold's root ended, find what it left: its group, its marked orphans."""
-        procs: dict[int, psutil.Process] = {}
-        for pid, p in r.members.items():
-            if _alive(p, zombie_is_alive=True):
-                procs[pid] = p
-        ours_anyway = self._our_children | server_pids()
-        for pid in proctree.child_pids():
-            if pid in ours_anyway or pid in procs:
-                continue
-            marker = proctree.read_marker(pid)
-            ids = proctree.stat_ids(pid)
-            ours = marker == r.marker or (ids is not None and r.child.pid in ids[1:])
-            if not ours:
-                continue
-            try:
-                p = psutil.Process(pid)
-            except psutil.NoSuchProcess:
-                continue
-            procs[pid] = p
-            for d in proctree.descendants(pid):
-                procs.setdefault(d.pid, d)
-        signalled = proctree.killpg(r.child.pid, signal.SIGTERM if not r.sigkilled else signal.SIGKILL)
-        if not procs and not signalled:
-            return
-        proctree.send(procs.values(), signal.SIGTERM if not r.sigkilled else signal.SIGKILL)
-        now = time.monotonic()
-        kill_at = r.kill_at if r.kill_at is not None else now + self.limits.grace
-        self.leftovers.append(
-            _Leftovers(r.fold.fold_id, r.child.pid, procs, kill_at, r.sigkilled,
-                       give_up_at=kill_at + Timing.REAP_WAIT)
-        )
-
-    def _finish_leftovers(self, now: float) -> None:
-        me = os.getpid()
-        children = proctree.child_pids()
-        for lo in list(self.leftovers):
-            for pid in children:  # zombies and orphans of the group that came back to us
-                ids = proctree.stat_ids(pid)
-                if pid not in lo.procs and ids is not None and lo.pgid in ids[1:]:
-                    try:
-                        lo.procs[pid] = psutil.Process(pid)
-                    except psutil.NoSuchProcess:
-                        pass
-            if now >= lo.kill_at and not lo.killed:
-                proctree.killpg(lo.pgid, signal.SIGKILL)
-                for p in list(lo.procs.values()):
-                    for d in proctree.descendants(p.pid):
-                        lo.procs.setdefault(d.pid, d)
-                proctree.send(lo.procs.values(), signal.SIGKILL)
-                lo.killed = True
-            for pid, p in list(lo.procs.items()):
-                if _alive(p):
-                    continue
-                try:
-                    if p.ppid() == me:
-                        proctree.reap(pid)
-                except psutil.NoSuchProcess:
-                    pass
-                if not _alive(p, zombie_is_alive=True):
-                    del lo.procs[pid]
-            if not lo.procs and not proctree.killpg(lo.pgid, 0):
-                self.leftovers.remove(lo)
-            elif now >= lo.give_up_at:
-                log.warning(
-                    "fold %s left processes that did not die after SIGKILL: %s",
-                    lo.fold_id, sorted(lo.procs) or f"process group {lo.pgid}",
-                )
-                self.leftovers.remove(lo)
-
     # -- the end -------------------------------------------------------------------
     def _shutdown(self) -> None:
         """Kill whatever still runs (on an error or stop), wait for every tree to end."""
@@ -738,32 +591,16 @@ class Supervisor:
             elif r.kill_at is None:
                 self._begin_kill(r, Status.OK, "ended with the supervisor", now)
         deadline = now + self.limits.grace + Timing.REAP_WAIT
-        while (self.running or self.leftovers) and time.monotonic() < deadline:
+        while (self.running or self.reaper) and time.monotonic() < deadline:
             self._wait_for_events(0.05)
             self._apply_stop(time.monotonic())
             self._enforce_clocks(time.monotonic())
-            self._finish_leftovers(time.monotonic())
+            self.reaper.poll(time.monotonic())
         for r in list(self.running.values()):  # pragma: no cover - a process that won't die
             self._sigkill(r)
             r.child.process.join(Timing.REAP_WAIT)
             if r.child.pid in self.running:
                 self._finish(r)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _alive(p: psutil.Process, zombie_is_alive: bool = False) -> bool:
-    try:
-        if not p.is_running():
-            return False
-        return zombie_is_alive or p.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _describe_exit(code: int | None) -> str:

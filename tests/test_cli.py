@@ -186,19 +186,25 @@ def test_plan_lists_folds_and_launches_nothing(tmp_path):
     assert bad.returncode == 2 and "cv.folds" in bad.stderr
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
-def test_signal_stops_cleanly_with_130_then_resume_finishes(tmp_path, sig):
-    spec = write_spec(tmp_path, GOOD)
-    run_dir = tmp_path / "run"
-    (tmp_path / "hang").write_text("")
+def start_and_wait_for_folds(spec: Path, run_dir: Path, n: int) -> subprocess.Popen:
+    """Start `foldrunner run` in the background; return once n folds have started."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "foldrunner", "run", str(spec), "--run-dir", str(run_dir)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     logs = run_dir / "logs"
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and len(list(logs.glob("t*.log")) if logs.exists() else []) < 2:
+    while time.monotonic() < deadline and len(list(logs.glob("t*.log")) if logs.exists() else []) < n:
         time.sleep(0.05)
+    return proc
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_signal_stops_cleanly_with_130_then_resume_finishes(tmp_path, sig):
+    spec = write_spec(tmp_path, GOOD)
+    run_dir = tmp_path / "run"
+    (tmp_path / "hang").write_text("")
+    proc = start_and_wait_for_folds(spec, run_dir, 2)
     time.sleep(0.3)
     t0 = time.monotonic()
     proc.send_signal(sig)
@@ -234,14 +240,7 @@ def test_a_second_sigint_ends_faster(tmp_path):
     spec = write_spec(tmp_path, GOOD.replace("flaky:train", "matrix:train").replace(
         "grace: 1s", "grace: 20s").replace("    lr: [0.1, 0.01]", "    case: [hang_ignore_term]"))
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "foldrunner", "run", str(spec), "--run-dir", str(run_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    logs = run_dir / "logs"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and len(list(logs.glob("t*.log")) if logs.exists() else []) < 2:
-        time.sleep(0.05)
+    proc = start_and_wait_for_folds(spec, run_dir, 2)
     time.sleep(0.5)
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
