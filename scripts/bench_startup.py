@@ -24,15 +24,16 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 
-def run_mode(name: str, folds: int, work: float, spares: bool, method: str) -> dict[str, float]:
+def run_mode(name: str, folds: int, work: float, spares: bool, method: str,
+             zygote: bool = False) -> dict[str, float]:
     import foldrunner
 
     with tempfile.TemporaryDirectory() as tmp:
         spec = {
             "name": "startup", "entrypoint": "_tf_fold:fold", "workdir": str(HERE),
-            "preload": ["tensorflow"] if spares else [],
+            "preload": ["tensorflow"] if spares or zygote else [],
             "params": {"work": work}, "cv": {"folds": folds},
-            "resources": {"gpus": "none", "workers": 1, "spares": spares},
+            "resources": {"gpus": "none", "workers": 1, "spares": spares, "zygote": zygote},
             "env": {"TF_CPP_MIN_LOG_LEVEL": "3"},
             "output": {"dir": str(Path(tmp) / "run")},
         }
@@ -52,13 +53,14 @@ def main() -> int:
     ap.add_argument("--work", type=float, default=4.0)
     args = ap.parse_args()
     modes = [
-        ("cold, spawn", False, "spawn"),
-        ("cold, forkserver", False, "forkserver"),
-        ("warm spares", True, "forkserver"),
+        ("cold, spawn", False, "spawn", False),
+        ("cold, forkserver", False, "forkserver", False),
+        ("warm spares", True, "forkserver", False),
+        ("zygote (opt-in)", False, "forkserver", True),
     ]
     res = {}
-    for name, spares, method in modes:
-        res[name] = run_mode(name, args.folds, args.work, spares, method)
+    for name, spares, method, zygote in modes:
+        res[name] = run_mode(name, args.folds, args.work, spares, method, zygote)
     cold = res["cold, spawn"]
     print(f"{args.folds} folds importing TensorFlow, {args.work:g}s of work each, one slot")
     print(f"{'mode':18} {'startup (median)':>17} {'idle gap (median)':>18} {'wall':>8}")
@@ -67,6 +69,8 @@ def main() -> int:
     warm = res["warm spares"]
     print(f"idle gap, cold spawn / warm spares: {cold['gap'] / warm['gap']:.0f}x  (goal: >= 20x;"
           f" warm median {warm['gap'] * 1000:.0f} ms, goal < 100 ms)")
+    zyg = res["zygote (opt-in)"]
+    print(f"idle gap, cold spawn / zygote: {cold['gap'] / zyg['gap']:.0f}x")
     return 0
 
 
