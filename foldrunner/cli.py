@@ -170,7 +170,7 @@ def results_cmd(run_dir: str, summary: bool, fmt: str) -> None:
     if summary:
         metric, mode = _objective(Path(run_dir))
         df = summarize(df, metric, mode)
-    elif fmt == "table":
+    elif fmt in ("table", "markdown"):  # for people: no raw timestamps and paths
         df = df.drop(columns=["started_at", "ended_at", "log"], errors="ignore")
     click.echo(render(df, fmt))
 
