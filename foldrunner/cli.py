@@ -36,6 +36,9 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except FoldrunnerError as exc:
             _fail(exc)
+        except KeyboardInterrupt:  # before the run's own signal handling (e.g. preflight)
+            click.echo("foldrunner: interrupted before any fold started", err=True)
+            sys.exit(EXIT_INTERRUPTED)
 
     return wrapper
 

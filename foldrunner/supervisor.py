@@ -169,9 +169,11 @@ class Supervisor:
         self._stop_pending = False
         self._stop_hard = False
         self.deadline = deadline
-        self.gpu_watch = GpuWatch(inventory if any(sl.gpu is not None for sl in slots) else None)
-        self.oom = OomCounter()
         self.notes = notes or (lambda text: log.warning("%s", text))
+        self.gpu_watch = GpuWatch(
+            inventory if any(sl.gpu is not None for sl in slots) else None, self.notes
+        )
+        self.oom = OomCounter()
         self.gpu_slots = GpuSlots(slots, self.gpu_watch, self.notes, limits.grace)
         self.spares = SparePool(
             enabled=spares, preload=list(preload or []), env=self.env, workdir=workdir,

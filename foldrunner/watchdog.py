@@ -8,7 +8,7 @@ summing RSS would count them once per process. Where PSS cannot be read, RSS is 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import psutil
@@ -47,8 +47,10 @@ def _pss(p: psutil.Process) -> int:
 class GpuWatch:
     """NVML readings shared by every running fold, refreshed at most once a second."""
 
-    def __init__(self, inventory: Inventory | None) -> None:
+    def __init__(self, inventory: Inventory | None,
+                 notes: Callable[[str], None] | None = None) -> None:
         self.inventory = inventory
+        self.notes = notes
         self.snapshot: dict[int, GpuInfo] = {}
         self.taken_at = -1e9
         self.broken: str | None = None
@@ -62,6 +64,8 @@ class GpuWatch:
             except NoGpus as exc:
                 self.broken = str(exc)
                 self.snapshot = {}
+                if self.notes is not None:
+                    self.notes(f"GPU memory of folds is not watched: {exc}")
             self.taken_at = now
         return self.snapshot
 

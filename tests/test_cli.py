@@ -252,3 +252,21 @@ def test_a_second_sigint_ends_faster(tmp_path):
     assert time.monotonic() - t0 < 3  # far less than the 20s grace
     rows = json.loads(cli("results", str(run_dir), "--format", "json").stdout)
     assert [r["status"] for r in rows] == ["cancelled", "cancelled"]
+
+
+def test_ctrl_c_during_preflight_exits_130_and_leaves_nothing(tmp_path):
+    spec = write_spec(tmp_path, GOOD.replace("flaky:train", "slow_import:train"))
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "foldrunner", "run", str(spec), "--run-dir", str(run_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not (run_dir / "logs" / "preflight.log").exists():
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err
+    assert "interrupted before any fold started" in err and "Traceback" not in err
+    assert not (run_dir / "journal.sqlite").exists()
