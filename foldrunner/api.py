@@ -84,23 +84,31 @@ def limits_of(spec: Spec) -> Limits:
 
 
 class ResultsWriter:
-    """Rewrites the results files as folds finish, at most every few seconds."""
+    """Rewrites the results files as folds finish, at most every few seconds.
+
+    The journal is the durable record; the files follow it. A big run's table takes
+    longer to write, so the interval grows with it: never more than a tenth of the
+    orchestrator's time goes to rewriting results.
+    """
 
     def __init__(self, journal: Journal, paths: RunPaths) -> None:
         self.journal, self.paths = journal, paths
         self.last = 0.0
+        self.interval = Timing.RESULTS_FLUSH_INTERVAL
 
     def attempt_started(self, fold: Fold, attempt: int, slot: Slot) -> None:
         pass
 
     def attempt_ended(self, fold: Fold, result: AttemptResult, final: bool) -> None:
-        if final and time.monotonic() - self.last >= Timing.RESULTS_FLUSH_INTERVAL:
+        if final and time.monotonic() - self.last >= self.interval:
             self.flush()
 
     def flush(self) -> pd.DataFrame:
+        t0 = time.monotonic()
         df = build_table(self.journal)
         write_results(df, self.paths)
         self.last = time.monotonic()
+        self.interval = max(Timing.RESULTS_FLUSH_INTERVAL, 10 * (self.last - t0))
         return df
 
 
