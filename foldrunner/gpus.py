@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .errors import FoldrunnerError
+
 
 MiB = 1024 * 1024
 
@@ -70,7 +72,7 @@ class Inventory(Protocol):
         ...
 
 
-class NoGpus(Exception):
+class NoGpus(FoldrunnerError):
     """NVML or its driver is missing, or it sees no GPU: the message says which."""
 
 

@@ -26,6 +26,7 @@ from multiprocess import spawn as mp_spawn
 from multiprocess.context import ForkServerProcess, set_spawning_popen
 
 from .child import ChildTask, SpareInit, child_main, spare_main
+from .errors import FoldrunnerError
 
 START_METHODS = ("forkserver", "spawn")
 #: what the fold server imports once, before it forks any fold
@@ -117,7 +118,7 @@ ZYGOTE_START_TIMEOUT = 300.0
 """Seconds the zygote may take to import its preloads before it is given up."""
 
 
-class ZygoteError(Exception):
+class ZygoteError(FoldrunnerError):
     """The zygote could not be started; the message says why."""
 
 
