@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -79,21 +78,4 @@ def base_spec(tmp_path: Path, **sections) -> dict:
     return spec
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-@pytest.fixture
-def venv_bin() -> Path:
-    import sys
-
-    return Path(sys.executable).parent
-
-
-def env_without_markers() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("FOLDRUNNER_FOLD", None)
-    return env
+pid_alive = proctree.pid_alive

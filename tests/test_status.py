@@ -15,7 +15,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-import yaml
 from rich.console import Console
 
 from conftest import FOLDS, base_spec
