@@ -31,7 +31,7 @@ from .launcher import ZygoteError, start_child, start_zygote, stop_zygote
 from .outcome import AttemptResult, ChildOutcome, Status, Timing
 from .paths import RunPaths
 from .plan import Fold, Plan, build_plan
-from .results import build_table, write_results
+from .results import atomic_write, build_table, write_results
 from .spec import Spec, load_spec
 from .supervisor import Events, Limits, Supervisor
 
@@ -311,7 +311,7 @@ def _zygote(s: Spec, paths: RunPaths, opts: RunOptions, notes: Callable[[str], N
         notes(f"resources.zygote: not used with the {opts.start_method} start method")
         return None
     try:
-        return start_zygote(list(s.preload), str(s.workdir), dict(s.env), paths.root / "zygote.status")
+        return start_zygote(list(s.preload), str(s.workdir), dict(s.env), paths.zygote_status)
     except ZygoteError as exc:
         notes(f"resources.zygote: not used: {exc}; folds start from the plain fold server")
         return None
@@ -406,7 +406,7 @@ def end_orphans(journal: Journal, run_id: str, grace: float) -> int:
     for p in list(found.values()):
         for d in proctree.descendants(p.pid):
             found.setdefault(d.pid, d)
-    procs = [p for p in found.values() if _live(p)]
+    procs = [p for p in found.values() if proctree.alive(p)]
     if not procs:
         return 0
     proctree.send(procs, signal.SIGTERM)
@@ -416,14 +416,6 @@ def end_orphans(journal: Journal, run_id: str, grace: float) -> int:
     return len(procs)
 
 
-def _live(p: psutil.Process) -> bool:
-    try:
-        return p.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def _write_spec(paths: RunPaths, spec: Spec) -> None:
-    tmp = paths.spec.with_name(".spec.yaml.tmp")
-    tmp.write_text(spec.to_yaml())
-    os.replace(tmp, paths.spec)
+    text = spec.to_yaml()
+    atomic_write(paths.spec, lambda tmp: Path(tmp).write_text(text))

@@ -155,15 +155,14 @@ def _redirect_output(log_path: str) -> None:
     sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
 
 
-def _set_environment(task: ChildTask) -> None:
-    env = os.environ
-    env.update(task.env)
-    env["CUDA_VISIBLE_DEVICES"] = "" if task.gpu is None else str(task.gpu)
-    env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
-    env[MARKER_ENV] = task.marker
-    env["FOLDRUNNER_RUN_DIR"] = task.run_dir
-    if task.workdir and task.workdir not in sys.path:
-        sys.path.insert(0, task.workdir)
+def _set_environment(env: dict[str, str], gpu: int | None, marker: str, workdir: str) -> None:
+    """The spec's ``env``, the GPU (empty without one), memory growth, the marker, workdir."""
+    os.environ.update(env)
+    os.environ["CUDA_VISIBLE_DEVICES"] = "" if gpu is None else str(gpu)
+    os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
+    os.environ[MARKER_ENV] = marker
+    if workdir and workdir not in sys.path:
+        sys.path.insert(0, workdir)
 
 
 def resolve_entrypoint(task: ChildTask) -> Callable[..., Any]:
@@ -271,7 +270,8 @@ def _become_fold_process(result_fd: int) -> _Sender:
 def _serve(task: ChildTask, send: _Sender) -> None:
     """Run one attempt in this process and send its outcome (the rest of a fold's life)."""
     _redirect_output(task.log_path)
-    _set_environment(task)
+    _set_environment(task.env, task.gpu, task.marker, task.workdir)
+    os.environ["FOLDRUNNER_RUN_DIR"] = task.run_dir
     send(("started", os.getpid(), time.time()))
     outcome = run_task(task, send)
     outcome.maxrss_kb = _maxrss_kb()
@@ -347,13 +347,7 @@ def spare_main(init_blob: bytes, task_conn: Any, result_conn: Any) -> None:
     send = _become_fold_process(result_conn.fileno())
     init: SpareInit = pickle.loads(init_blob)
     _redirect_output(init.log_path)
-    env = os.environ
-    env.update(init.env)
-    env["CUDA_VISIBLE_DEVICES"] = "" if init.gpu is None else str(init.gpu)
-    env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
-    env[MARKER_ENV] = init.marker
-    if init.workdir and init.workdir not in sys.path:
-        sys.path.insert(0, init.workdir)
+    _set_environment(init.env, init.gpu, init.marker, init.workdir)
     for name in init.preload:
         try:
             importlib.import_module(name)

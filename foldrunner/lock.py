@@ -53,11 +53,3 @@ class RunLock:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
-
-def holder_pid(path: Path) -> int | None:
-    """The pid written in a lock file while it is held, or None."""
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None

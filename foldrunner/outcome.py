@@ -35,9 +35,6 @@ class Status(str, enum.Enum):
 #: statuses that a fold's attempt can end with and that ``retry.on`` may name
 RETRYABLE = (Status.TIMEOUT, Status.CRASHED, Status.MEMORY, Status.ERROR)
 
-#: statuses of a finished attempt that count as a failure of the fold
-FAILED = (Status.ERROR, Status.TIMEOUT, Status.CRASHED, Status.MEMORY)
-
 
 class Timing:
     """Named timings of the supervisor. Every deadline is taken from ``time.monotonic()``."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import UsageError
+
 
 @dataclass(frozen=True)
 class RunPaths:
@@ -39,6 +41,17 @@ class RunPaths:
     def log(self, fold_id: str, attempt: int) -> Path:
         """``logs/<fold>.<attempt>.log``: the captured stdout and stderr of one attempt."""
         return self.logs / f"{fold_id}.{attempt}.log"
+
+    @property
+    def zygote_status(self) -> Path:
+        """Where the zygote says ``ready: ...`` or ``error: ...``."""
+        return self.root / "zygote.status"
+
+    def require_journal(self) -> Path:
+        """The journal's path; a UsageError when this is not a run directory."""
+        if not self.journal.exists():
+            raise UsageError(f"{self.root} is not a foldrunner run directory: no journal.sqlite in it")
+        return self.journal
 
     @property
     def preflight_log(self) -> Path:

@@ -79,16 +79,17 @@ def _cell(v: Any) -> Any:
 
 def write_results(df: pd.DataFrame, paths: RunPaths) -> list[Path]:
     """Write ``results.csv`` (and ``results.parquet`` where pyarrow is installed), atomically."""
-    written = [_atomic(paths.results_csv, lambda p: df.to_csv(p, index=False))]
+    written = [atomic_write(paths.results_csv, lambda p: df.to_csv(p, index=False))]
     try:
         import pyarrow  # noqa: F401
     except ImportError:
         return written
-    written.append(_atomic(paths.results_parquet, lambda p: df.to_parquet(p, index=False)))
+    written.append(atomic_write(paths.results_parquet, lambda p: df.to_parquet(p, index=False)))
     return written
 
 
-def _atomic(target: Path, write: Any) -> Path:
+def atomic_write(target: Path, write: Any) -> Path:
+    """Write ``target`` through ``write(tmp_path)`` and a rename: never half a file."""
     # Not mkstemp: its 0600 file would become the result, unreadable by the user's group.
     tmp = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
@@ -102,10 +103,7 @@ def _atomic(target: Path, write: Any) -> Path:
 
 def load_results(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """The results table of a run directory, read from its journal (live runs too)."""
-    paths = RunPaths(Path(run_dir))
-    if not paths.journal.exists():
-        raise UsageError(f"{paths.root} is not a foldrunner run directory: no journal.sqlite in it")
-    with Journal(paths.journal, readonly=True) as journal:
+    with Journal(RunPaths(Path(run_dir)).require_journal(), readonly=True) as journal:
         return build_table(journal)
 
 

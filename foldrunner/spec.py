@@ -26,6 +26,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PlainSeriali
                       ValidationError, ValidationInfo, model_validator)
 
 from foldrunner.errors import SpecError
+from foldrunner.outcome import RETRYABLE
 from foldrunner.yamlload import (UNREADABLE as _UNREADABLE, Loc as Loc, dump_yaml,
                                  format_problem as _fmt, parse_yaml as _parse_yaml,
                                  read_spec_file as _read_spec_file, show_value as _show)
@@ -38,7 +39,7 @@ from foldrunner.yamlload import (MAX_ALIASES as MAX_ALIASES, MAX_DEPTH as MAX_DE
                                  LimitExceeded as _LimitExceeded, StrictLoader as _StrictLoader)
 
 #: the outcomes that ``retry.on`` may name
-RETRYABLE_STATUSES: tuple[str, ...] = ("timeout", "crashed", "memory", "error")
+RETRYABLE_STATUSES: tuple[str, ...] = tuple(s.value for s in RETRYABLE)
 
 Dist = dict[str, list[Any]]  # one random-search dimension, e.g. {"uniform": [0.0, 0.5]}
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"

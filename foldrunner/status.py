@@ -133,15 +133,10 @@ class RunState:
     read_at: float
 
 
-def _require_journal(paths: RunPaths) -> None:
-    if not paths.journal.exists():
-        raise UsageError(f"{paths.root} is not a foldrunner run directory: no journal.sqlite in it")
-
-
 @contextmanager
 def _reading(paths: RunPaths) -> Iterator[Journal]:
     """The journal, read-only, inside one read transaction (a consistent snapshot)."""
-    _require_journal(paths)
+    paths.require_journal()
     try:
         journal = Journal(paths.journal, readonly=True)
     except sqlite3.Error as exc:
@@ -313,7 +308,7 @@ def attempt_watch(run_dir: PathLike, fold_id: str, attempt: int) -> Iterator[Cal
     """A predicate for :func:`follow`: true once the attempt is no longer running in the
     journal, or its run is no longer live (an attempt an orchestrator left behind)."""
     paths = RunPaths(Path(run_dir))
-    _require_journal(paths)
+    paths.require_journal()
     journal = Journal(paths.journal, readonly=True)
 
     def ended() -> bool:

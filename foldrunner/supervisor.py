@@ -318,7 +318,7 @@ class Supervisor:
         try:
             return start_child(task, self.start_method, self.server)
         except (OSError, EOFError) as exc:
-            status = self.paths.root / "zygote.status"
+            status = self.paths.zygote_status
             why = status.read_text() if status.exists() else f"{type(exc).__name__}: {exc}"
             self.notes(f"the zygote stopped serving ({why}); folds start from the plain fold server")
             self.server = None
