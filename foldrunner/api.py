@@ -235,10 +235,6 @@ def _run_locked(
     )
     for n in slot_notes:
         notes(n)
-    server, spares = None, s.resources.spares
-    if s.resources.zygote:
-        server = _zygote(s, paths, opts, notes)
-        spares = spares and server is None  # forks from the zygote need no spares
     with Journal(paths.journal) as journal:
         run_id = _open_journal(journal, s, plan, opts.resume)
         if opts.resume:
@@ -251,28 +247,35 @@ def _run_locked(
         counts = journal.attempt_counts()
         work = [(f, counts.get(f.fold_id, 0) + 1) for f in plan.folds if f.fold_id not in done]
         writer = ResultsWriter(journal, paths)
-        sup = Supervisor(
-            journal=journal, paths=paths, run_id=run_id, slots=slots, limits=limits_of(s),
-            entrypoint=s.entrypoint, entrypoint_blob=entry_blob, workdir=str(s.workdir),
-            env=dict(s.env), events=_Fanout(writer, *([events] if events else [])),
-            start_method=opts.start_method, deadline=opts.deadline,
-            inventory=inventory, notes=notes, spares=spares,
-            preload=list(s.preload), server=server,
-        )
-        begin = getattr(events, "start", None)
-        if begin is not None:
-            begin(len(plan.folds), len(done))
-        with _stop_on_signals(sup, opts.handle_signals):
-            try:
-                sup.run(work)
-            finally:
-                if server is not None:
-                    stop_zygote(server)
-                df = writer.flush()
-                df.attrs["planned"] = len(plan.folds)
-                df.attrs["run_dir"] = str(paths.root)
-                if s.objective is not None:
-                    df.attrs["objective"] = (s.objective.metric, s.objective.mode)
+        # the zygote last: it imports the preloads (seconds) and must end with the run
+        server, spares = None, s.resources.spares
+        if s.resources.zygote:
+            server = _zygote(s, paths, opts, notes)
+            spares = spares and server is None  # forks from the zygote need no spares
+        try:
+            sup = Supervisor(
+                journal=journal, paths=paths, run_id=run_id, slots=slots, limits=limits_of(s),
+                entrypoint=s.entrypoint, entrypoint_blob=entry_blob, workdir=str(s.workdir),
+                env=dict(s.env), events=_Fanout(writer, *([events] if events else [])),
+                start_method=opts.start_method, deadline=opts.deadline,
+                inventory=inventory, notes=notes, spares=spares,
+                preload=list(s.preload), server=server,
+            )
+            begin = getattr(events, "start", None)
+            if begin is not None:
+                begin(len(plan.folds), len(done))
+            with _stop_on_signals(sup, opts.handle_signals):
+                try:
+                    sup.run(work)
+                finally:
+                    df = writer.flush()
+                    df.attrs["planned"] = len(plan.folds)
+                    df.attrs["run_dir"] = str(paths.root)
+                    if s.objective is not None:
+                        df.attrs["objective"] = (s.objective.metric, s.objective.mode)
+        finally:
+            if server is not None:
+                stop_zygote(server)
     if sup.stop_status is Status.CANCELLED and sup.stop_reason.startswith("interrupted"):
         raise InterruptedRun(
             f"{sup.stop_reason}: finished results are kept in {paths.root}; "

@@ -160,6 +160,10 @@ class SparePool:
             self.retiring.append((s, now + SPARE_EXIT_WAIT))
         self.by_slot.clear()
 
+    def hurry(self, now: float) -> None:
+        """SIGKILL retiring spares at the next poll (a second Ctrl-C)."""
+        self.retiring = [(s, min(deadline, now)) for s, deadline in self.retiring]
+
     def poll_retiring(self, now: float) -> None:
         for item in list(self.retiring):
             s, deadline = item

@@ -247,6 +247,8 @@ class Supervisor:
                 self._begin_kill(r, status, self.stop_reason, now, hard=self._stop_hard)
             elif self._stop_hard and not r.sigkilled:
                 self._sigkill(r)
+        self.spares.retire_all()
+        self.spares.hurry(now)  # a spare holds no work: a stop never waits for its imports
         if self._stop_hard:
             self.reaper.hurry(now)
 
@@ -582,7 +584,7 @@ class Supervisor:
     # -- the end -------------------------------------------------------------------
     def _shutdown(self) -> None:
         """Kill whatever still runs (on an error or stop), wait for every tree to end."""
-        self.spares.close_all()
+        self.spares.retire_all()  # they exit on their own; never wait for them before folds
         now = time.monotonic()
         self._apply_stop(now)
         for r in list(self.running.values()):
@@ -592,16 +594,18 @@ class Supervisor:
             elif r.kill_at is None:
                 self._begin_kill(r, Status.OK, "ended with the supervisor", now)
         deadline = now + self.limits.grace + Timing.REAP_WAIT
-        while (self.running or self.reaper) and time.monotonic() < deadline:
+        while (self.running or self.reaper or self.spares.retiring) and time.monotonic() < deadline:
             self._wait_for_events(0.05)
             self._apply_stop(time.monotonic())
             self._enforce_clocks(time.monotonic())
             self.reaper.poll(time.monotonic())
+            self.spares.poll_retiring(time.monotonic())
         for r in list(self.running.values()):  # pragma: no cover - a process that won't die
             self._sigkill(r)
             r.child.process.join(Timing.REAP_WAIT)
             if r.child.pid in self.running:
                 self._finish(r)
+        self.spares.close_all()
 
 
 def _describe_exit(code: int | None) -> str:

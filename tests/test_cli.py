@@ -270,3 +270,21 @@ def test_ctrl_c_during_preflight_exits_130_and_leaves_nothing(tmp_path):
     assert proc.returncode == 130, err
     assert "interrupted before any fold started" in err and "Traceback" not in err
     assert not (run_dir / "journal.sqlite").exists()
+
+
+def test_a_stop_never_waits_for_spares_importing_their_preloads(tmp_path):
+    """Spares busy with a 30s import: SIGINT still ends the run within grace plus a second."""
+    spec = write_spec(tmp_path, GOOD.replace("cv:\n  folds: 2", "cv:\n  folds: 4\npreload: [slow_import]"))
+    run_dir = tmp_path / "run"
+    (tmp_path / "hang").write_text("")
+    proc = start_and_wait_for_folds(spec, run_dir, 2)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not list((run_dir / "logs").glob("spares/*.log")):
+        time.sleep(0.05)
+    assert list((run_dir / "logs").glob("spares/*.log")), "no spare was started"
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert time.monotonic() - t0 < 1.0 + 1.0  # grace 1s plus a second

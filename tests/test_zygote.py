@@ -45,3 +45,19 @@ def test_a_preload_the_zygote_cannot_import_is_reported(tmp_path):
     assert list(df["status"]) == ["ok"] * 6
     assert any("resources.zygote: not used: error: cannot import the preloads: "
                "ModuleNotFoundError" in n for n in notes), notes
+
+
+def test_a_refused_resume_leaves_no_zygote_behind(tmp_path):
+    import psutil
+
+    from foldrunner import launcher
+    from foldrunner.errors import RunDirError
+
+    foldrunner.run(zspec(tmp_path))
+    changed = zspec(tmp_path)
+    changed["cv"] = {"folds": 7}
+    with pytest.raises(RunDirError, match="differs from the journal"):
+        foldrunner.run(changed, resume=True)
+    assert launcher._ZYGOTES == []
+    kids = [" ".join(p.cmdline()) for p in psutil.Process().children()]
+    assert not any("foldrunner.zygote" in k for k in kids), kids
