@@ -34,6 +34,7 @@ from .plan import Fold, Plan, build_plan
 from .results import atomic_write, build_table, write_results
 from .spec import Spec, load_spec
 from .supervisor import Events, Limits, Supervisor
+from .terminate import end_now
 
 Overrides = Sequence[str] | Mapping[str, Any]
 
@@ -103,6 +104,9 @@ class ResultsWriter:
         if final and time.monotonic() - self.last >= self.interval:
             self.flush()
 
+    def report(self, fold: Fold, attempt: int, metrics: dict[str, Any]) -> None:
+        pass
+
     def flush(self) -> pd.DataFrame:
         t0 = time.monotonic()
         df = build_table(self.journal)
@@ -160,8 +164,9 @@ def preflight(spec: Spec, paths: RunPaths, entry_blob: bytes | None, start_metho
             if child.sentinel in ready:
                 break
     finally:
-        proctree.killpg(child.pid, signal.SIGKILL)
-        proctree.send(proctree.marked_processes(task.marker), signal.SIGKILL)
+        # nothing of it is needed: the one termination path, at once
+        end_now(proctree.marked_processes(task.marker), [child.pid], grace=0.0,
+                label="the preflight", marker=task.marker, keep=[child.pid])
         child.process.join(Timing.REAP_WAIT)
         code = child.process.exitcode
         child.close()
@@ -237,15 +242,18 @@ def _run_locked(
         notes(n)
     with Journal(paths.journal) as journal:
         run_id = _open_journal(journal, s, plan, opts.resume)
+        owner = _owner(paths)
         if opts.resume:
-            ended = end_orphans(journal, run_id, s.limits.grace)
+            ended = end_orphans(journal, run_id, s.limits.grace, owner, notes)
             if ended:
                 notes(f"ended {ended} process(es) left running by the previous orchestrator")
             _close_interrupted(journal)
+        journal.set_owner(owner)
         _write_spec(paths, s)
         done = journal.ok_folds()
-        counts = journal.attempt_counts()
-        work = [(f, counts.get(f.fold_id, 0) + 1) for f in plan.folds if f.fold_id not in done]
+        counts, used = journal.attempt_counts(), journal.used_attempts()
+        work = [(f, counts.get(f.fold_id, 0) + 1, used.get(f.fold_id, 0))
+                for f in plan.folds if f.fold_id not in done]
         writer = ResultsWriter(journal, paths)
         # the zygote last: it imports the preloads (seconds) and must end with the run
         server, spares = None, s.resources.spares
@@ -254,7 +262,8 @@ def _run_locked(
             spares = spares and server is None  # forks from the zygote need no spares
         try:
             sup = Supervisor(
-                journal=journal, paths=paths, run_id=run_id, slots=slots, limits=limits_of(s),
+                journal=journal, paths=paths, run_id=f"{run_id}.{owner['token']}", slots=slots,
+                limits=limits_of(s),
                 entrypoint=s.entrypoint, entrypoint_blob=entry_blob, workdir=str(s.workdir),
                 env=dict(s.env), events=_Fanout(writer, *([events] if events else [])),
                 start_method=opts.start_method, deadline=opts.deadline,
@@ -387,36 +396,57 @@ def _close_interrupted(journal: Journal) -> None:
             )
 
 
-def end_orphans(journal: Journal, run_id: str, grace: float) -> int:
+def _owner(paths: RunPaths) -> dict[str, Any]:
+    """This orchestrator, as the journal records it: pid, start time, the token in its
+    folds' markers, and the run directory's identity (a copy of the dir has another)."""
+    me = psutil.Process()
+    st = os.stat(paths.root)
+    return {"pid": me.pid, "started_at": me.create_time(), "token": uuid.uuid4().hex[:8],
+            "dir": str(paths.root.resolve()), "dev": st.st_dev, "ino": st.st_ino}
+
+
+def _same_process(pid: Any, started_at: Any) -> bool:
+    """Whether ``pid`` is alive and is the process that started at ``started_at``."""
+    try:
+        p = psutil.Process(int(pid))
+        return p.status() != psutil.STATUS_ZOMBIE and abs(p.create_time() - float(started_at)) < 0.5
+    except (psutil.NoSuchProcess, TypeError, ValueError):
+        return False
+
+
+def end_orphans(journal: Journal, run_id: str, grace: float, owner: Mapping[str, Any],
+                notes: Callable[[str], None] = lambda _: None) -> int:
     """End the processes a dead orchestrator's folds left running; return how many.
 
-    They are found by the run's marker in their environment, and by the pid and start
-    time the journal holds for attempts that were in flight (with their descendants).
+    Only what is proven to be this run's: the previous orchestrator recorded in the
+    journal must be dead (else this is a copy of a live run, or it still runs), the run
+    directory must be the one it ran in (not a copy), and each process must carry that
+    orchestrator's marker, or be an attempt's root (pid and start time as journaled) with
+    its process group. They end through the one termination path (TERM, grace, KILL).
     """
-    found: dict[int, psutil.Process] = {}
-    for p in proctree.marked_processes(f"{run_id}/"):
-        found[p.pid] = p
+    prev = journal.owner()
+    if prev and _same_process(prev.get("pid"), prev.get("started_at")):
+        notes(f"the orchestrator that last ran this journal (pid {prev['pid']}) is still "
+              "running: this run directory is a copy of a live run; its folds are left alone")
+        return 0
+    if prev and (prev.get("dev"), prev.get("ino")) != (owner["dev"], owner["ino"]):
+        notes(f"this run directory is a copy of {prev.get('dir')}: processes of that run are "
+              "left alone")
+        return 0
+    prefix = f"{run_id}.{prev['token']}/" if prev else f"{run_id}/"
+    found: dict[int, psutil.Process] = {p.pid: p for p in proctree.marked_processes(prefix)}
+    pgids: list[int] = []
     for a in journal.attempts():
         if a["status"] != Status.RUNNING.value or not a["pid"]:
             continue
-        try:
-            p = psutil.Process(a["pid"])
-            if a["pid_started_at"] is None or abs(p.create_time() - a["pid_started_at"]) > 0.5:
-                continue
-        except psutil.NoSuchProcess:
+        if a["pid_started_at"] is None or not _same_process(a["pid"], a["pid_started_at"]):
             continue
-        found[p.pid] = p
-    for p in list(found.values()):
-        for d in proctree.descendants(p.pid):
-            found.setdefault(d.pid, d)
+        found[a["pid"]] = psutil.Process(a["pid"])
+        pgids.append(a["pid"])
     procs = [p for p in found.values() if proctree.alive(p)]
     if not procs:
         return 0
-    proctree.send(procs, signal.SIGTERM)
-    _, alive = psutil.wait_procs(procs, timeout=grace)
-    proctree.send(alive, signal.SIGKILL)
-    psutil.wait_procs(alive, timeout=Timing.REAP_WAIT)
-    return len(procs)
+    return end_now(procs, pgids, grace=grace, label="orphans of the previous orchestrator")
 
 
 def _write_spec(paths: RunPaths, spec: Spec) -> None:

@@ -18,7 +18,7 @@ import os
 import pickle
 import resource
 import signal
-import struct
+import stat
 import sys
 import threading
 import time
@@ -27,15 +27,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from . import wire
 from .context import FoldContext, check_metrics
 from .outcome import ChildOutcome, Status
+from .wire import FRAME_HEADER, FrameTooLarge
+# the wire's functions, importable from here as before (see foldrunner.wire)
+from .wire import MAX_FRAME_SIZE as MAX_FRAME_SIZE
+from .wire import decode_frames as decode_frames
+from .wire import encode_frame as encode_frame
+from .wire import read_messages as read_messages
 
 #: the environment variable every process of a fold inherits: ``<run token>/<fold id>/<attempt>``
 MARKER_ENV = "FOLDRUNNER_FOLD"
 
-_PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
-_FRAME_HEADER = struct.Struct("!Q")
 
 #: exception type names that mean the fold ran out of memory
 MEMORY_ERROR_NAMES = frozenset({"MemoryError", "ResourceExhaustedError", "OutOfMemoryError"})
@@ -65,55 +70,8 @@ class ChildTask:
     marker: str = ""
     preflight: bool = False
     """Only import the entry point and check that it is callable; do not call it."""
-
-
-def encode_frame(message: Any) -> bytes:
-    """A length-prefixed pickle: what travels on a result pipe."""
-    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    return _FRAME_HEADER.pack(len(payload)) + payload
-
-
-def decode_frames(buf: bytearray) -> list[bytes]:
-    """Take every complete frame's payload off the front of ``buf``."""
-    out: list[bytes] = []
-    pos = 0
-    n = len(buf)
-    while n - pos >= _FRAME_HEADER.size:
-        (size,) = _FRAME_HEADER.unpack_from(buf, pos)
-        end = pos + _FRAME_HEADER.size + size
-        if end > n:
-            break
-        out.append(bytes(buf[pos + _FRAME_HEADER.size : end]))
-        pos = end
-    if pos:
-        del buf[:pos]
-    return out
-
-
-def read_messages(fd: int, buf: bytearray) -> tuple[list[Any], bool]:
-    """Read what a non-blocking result pipe holds: ``(complete messages, at end of file)``.
-
-    An undecodable frame becomes ``("bad", "<why>")``.
-    """
-    eof = False
-    while True:
-        try:
-            chunk = os.read(fd, 1 << 20)
-        except BlockingIOError:
-            break
-        except OSError:
-            chunk = b""
-        if not chunk:
-            eof = True
-            break
-        buf += chunk
-    out: list[Any] = []
-    for payload in decode_frames(buf):
-        try:
-            out.append(pickle.loads(payload))
-        except Exception as exc:  # noqa: BLE001 - whatever the child sent, we report it
-            out.append(("bad", f"its result could not be unpickled: {type(exc).__name__}: {exc}"))
-    return out, eof
+    grace: float = 10.0
+    """``limits.grace``: what the fold's descendants get if the orchestrator dies."""
 
 
 class _Sender:
@@ -123,8 +81,8 @@ class _Sender:
         self.fd = fd
         self.lock = threading.Lock()
 
-    def __call__(self, message: Any) -> None:
-        self.send_bytes(encode_frame(message))
+    def __call__(self, message: wire.Message) -> None:
+        self.send_bytes(wire.encode_message(message))
 
     def send_bytes(self, data: bytes) -> None:
         view = memoryview(data)
@@ -143,11 +101,25 @@ def _prctl(option: int, arg: int) -> None:
 
 
 def _redirect_output(log_path: str) -> None:
-    """Send fds 1 and 2 (and so every subprocess's output) to the attempt's log."""
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    for target in (1, 2):
-        os.dup2(fd, target)
-    os.close(fd)
+    """Send fds 1 and 2 (and so every subprocess's output) to the attempt's log.
+
+    The log is never opened through a symlink planted in its place (``O_NOFOLLOW``), nor
+    is anything but a regular file used: then the output stays where it was, with a line
+    there saying why.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(log_path, flags, 0o644)
+    except OSError as exc:
+        print(f"foldrunner: output not captured in {log_path}: {exc}", file=sys.stderr, flush=True)
+    else:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        for target in (1, 2) if regular else ():
+            os.dup2(fd, target)
+        os.close(fd)
+        if not regular:
+            print(f"foldrunner: output not captured in {log_path}: not a regular file",
+                  file=sys.stderr, flush=True)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
@@ -257,14 +229,113 @@ def run_task(task: ChildTask, send: Callable[[Any], None]) -> ChildOutcome:
         return _error_outcome(exc, started)
 
 
-def _become_fold_process(result_fd: int) -> _Sender:
-    """Own session, parent-death signal, subreaper, default SIGINT, private result pipe."""
+def _become_fold_process(result_fd: int, lifeline_fd: int | None, grace: float) -> _Sender:
+    """Own session, subreaper, default signals, private pipes, and a watch on the
+    orchestrator: when it dies, this fold ends its tree on its own (:func:`_watch_lifeline`).
+
+    No parent-death signal: the parent is the fold server, and a SIGKILL when it exits
+    would end this process before its descendants had their grace.
+    """
     os.setsid()
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    _drop_inherited_server_fds()
     os.set_inheritable(result_fd, False)  # a fold's own children never hold it
+    if lifeline_fd is not None:
+        os.set_inheritable(lifeline_fd, False)
+        threading.Thread(target=_watch_lifeline, args=(lifeline_fd, grace),
+                         name="foldrunner-lifeline", daemon=True).start()
     return _Sender(result_fd)
+
+
+def _drop_inherited_server_fds() -> None:
+    """Close what ``multiprocess`` hands every child of a fork server: the server's
+    "alive" pipe and the resource tracker's pipe. Held by a fold, they would keep the
+    server (and the tracker) running after the orchestrator died."""
+    from multiprocess import forkserver, resource_tracker
+
+    server = forkserver._forkserver
+    tracker = resource_tracker._resource_tracker
+    for owner, attr in ((server, "_forkserver_alive_fd"), (tracker, "_fd")):
+        fd = getattr(owner, attr, None)
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+            setattr(owner, attr, None)
+
+
+def _watch_lifeline(fd: int, grace: float) -> None:
+    """Block until the orchestrator's end of the lifeline closes (it died), then end
+    this fold's descendants (SIGTERM, ``grace``, SIGKILL) and this process."""
+    try:
+        while os.read(fd, 64):
+            pass
+    except OSError:
+        pass
+    me = os.getpid()
+    print(f"foldrunner: the orchestrator is gone; ending fold process {me} and its tree",
+          file=sys.stderr, flush=True)
+    deadline = time.monotonic() + grace
+    sig = signal.SIGTERM
+    while True:
+        kids = _descendants(me)
+        for pid in kids:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        _reap_children()
+        if not kids or sig == signal.SIGKILL and time.monotonic() > deadline + 2.0:
+            break
+        if time.monotonic() >= deadline:
+            sig = signal.SIGKILL
+        time.sleep(0.05)
+    os.kill(me, signal.SIGTERM)
+    time.sleep(1.0)
+    os._exit(128 + signal.SIGTERM)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Live descendants of ``pid`` from /proc (this process may not import psutil)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{p}/task/{tid}/children", "rb") as f:
+                    kids = [int(x) for x in f.read().split()]
+            except OSError:
+                continue
+            out.extend(kids)
+            todo.extend(kids)
+    return [k for k in out if _state(k) not in ("Z", None)]
+
+
+def _state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rfind(b")") + 2 :].split()[0].decode()
+
+
+def _reap_children() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 def _serve(task: ChildTask, send: _Sender) -> None:
@@ -272,24 +343,28 @@ def _serve(task: ChildTask, send: _Sender) -> None:
     _redirect_output(task.log_path)
     _set_environment(task.env, task.gpu, task.marker, task.workdir)
     os.environ["FOLDRUNNER_RUN_DIR"] = task.run_dir
-    send(("started", os.getpid(), time.time()))
+    send(wire.started(os.getpid(), time.time()))
     outcome = run_task(task, send)
     outcome.maxrss_kb = _maxrss_kb()
     try:
-        frame = encode_frame(("result", outcome))
+        frame = wire.encode_message(wire.result(outcome))
     except Exception as exc:  # noqa: BLE001 - any pickling failure becomes an error outcome
-        msg = f"the result could not be pickled: {type(exc).__name__}: {exc}"
+        if isinstance(exc, FrameTooLarge):
+            msg, kind = f"the result is too large to send: {exc}", "ResultTooLarge"
+        else:
+            msg = f"the result could not be pickled: {type(exc).__name__}: {exc}"
+            kind = "UnpicklableResult"
         print(f"foldrunner: {msg}", file=sys.stderr)
         err = ChildOutcome(
             status=Status.ERROR,
-            error_type="UnpicklableResult",
+            error_type=kind,
             error=msg,
             traceback="".join(traceback.format_exception(exc)),
             started_at=outcome.started_at,
             ended_at=outcome.ended_at,
             maxrss_kb=outcome.maxrss_kb,
         )
-        frame = encode_frame(("result", err))
+        frame = wire.encode_message(wire.result(err))
     if outcome.status is Status.ERROR and outcome.traceback:
         sys.stderr.write(outcome.traceback)
     send.send_bytes(frame)
@@ -300,10 +375,15 @@ def _serve(task: ChildTask, send: _Sender) -> None:
             pass
 
 
-def child_main(task_blob: bytes, result_conn: Any) -> None:
+def child_main(task_blob: bytes, result_conn: Any, lifeline: Any = None) -> None:
     """The target of every cold fold process (see the module's docstring)."""
-    send = _become_fold_process(result_conn.fileno())
-    _serve(pickle.loads(task_blob), send)
+    task: ChildTask = pickle.loads(task_blob)
+    send = _become_fold_process(result_conn.fileno(), _fd(lifeline), task.grace)
+    _serve(task, send)
+
+
+def _fd(conn: Any) -> int | None:
+    return None if conn is None else int(conn.fileno())
 
 
 @dataclass
@@ -316,14 +396,15 @@ class SpareInit:
     preload: list[str]
     log_path: str
     marker: str
+    grace: float = 10.0
 
 
 def _read_frame(fd: int) -> bytes | None:
     """One frame from a blocking pipe; None at end of file (the spare is not needed)."""
-    head = _read_exactly(fd, _FRAME_HEADER.size)
+    head = _read_exactly(fd, FRAME_HEADER.size)
     if head is None:
         return None
-    (size,) = _FRAME_HEADER.unpack(head)
+    (size,) = FRAME_HEADER.unpack(head)
     return _read_exactly(fd, size)
 
 
@@ -338,22 +419,22 @@ def _read_exactly(fd: int, n: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def spare_main(init_blob: bytes, task_conn: Any, result_conn: Any) -> None:
+def spare_main(init_blob: bytes, task_conn: Any, result_conn: Any, lifeline: Any = None) -> None:
     """A warm spare: set the slot's GPU, import the preloads, wait for one fold, run it.
 
     ``CUDA_VISIBLE_DEVICES`` is set before anything is imported. A spare serves exactly
     one fold; when the supervisor closes its task pipe without sending one, it exits.
     """
-    send = _become_fold_process(result_conn.fileno())
     init: SpareInit = pickle.loads(init_blob)
+    send = _become_fold_process(result_conn.fileno(), _fd(lifeline), init.grace)
     _redirect_output(init.log_path)
     _set_environment(init.env, init.gpu, init.marker, init.workdir)
     for name in init.preload:
         try:
             importlib.import_module(name)
         except Exception as exc:  # noqa: BLE001 - reported, then the fold imports what it needs
-            send(("preload_error", name, f"{type(exc).__name__}: {exc}"))
-    send(("ready", os.getpid(), time.time()))
+            send(wire.preload_error(name, f"{type(exc).__name__}: {exc}"))
+    send(wire.ready(os.getpid(), time.time()))
     task_fd = task_conn.fileno()
     os.set_inheritable(task_fd, False)
     frame = _read_frame(task_fd)

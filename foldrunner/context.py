@@ -12,7 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import wire
+
 SPLIT_KINDS = ("kfold", "stratified", "group")
+
+REPORT_TEXT_LIMIT = 200
+"""``ctx.report`` values that are text (or become text) keep at most this many characters."""
 
 
 @dataclass
@@ -35,17 +40,19 @@ class FoldContext:
     run_dir: Path
     fold_id: str
     log_path: Path
-    _send: Callable[[tuple[Any, ...]], None] | None = field(default=None, repr=False)
+    _send: Callable[[Any], None] | None = field(default=None, repr=False)
 
     def report(self, **metrics: Any) -> None:
         """Send intermediate metrics (a heartbeat) to the supervisor.
 
         The latest report of each running fold is shown by ``foldrunner status`` and
-        the live view. Values should be numbers or strings.
+        the live view. Values should be numbers or strings; whatever they are, they are
+        turned into plain ones here, in the fold (see :func:`report_value`): numpy scalars,
+        0-d arrays and tensors become numbers, anything else its text.
         """
-        clean = {str(k): _plain(v) for k, v in metrics.items()}
+        clean = {str(k): report_value(v) for k, v in metrics.items()}
         if self._send is not None:
-            self._send(("report", clean, time.time()))
+            self._send(wire.report(clean, time.time()))
 
     def split(
         self,
@@ -108,6 +115,55 @@ def _plain(v: Any) -> Any:
         except (TypeError, ValueError):
             return v
     return v
+
+
+def report_value(v: Any) -> wire.Plain:
+    """One ``ctx.report`` value as a plain ``int``, ``float``, ``str``, ``bool`` or None.
+
+    Numbers, text, bools and None stay (subclasses become their plain type); numpy
+    scalars and 0-d arrays, torch 0-d tensors (``.item()``) and TensorFlow 0-d tensors
+    (``.numpy()``) become their number; anything with ``__float__`` (``Decimal``,
+    ``Fraction``) becomes a float; anything else becomes its ``str()``. Text keeps at
+    most :data:`REPORT_TEXT_LIMIT` characters. Never raises.
+    """
+    for _ in range(3):  # a tensor's .numpy() is a numpy scalar, whose .item() is a number
+        if v is None or type(v) in (int, float, bool):
+            return v  # type: ignore[no-any-return]
+        if isinstance(v, bool):
+            return bool(v)
+        if isinstance(v, int):
+            return int(v)
+        if isinstance(v, float):
+            return float(v)
+        if isinstance(v, str):
+            return str.__str__(v)[:REPORT_TEXT_LIMIT]
+        try:
+            if _is_0d(v):
+                get = getattr(v, "item", None) or getattr(v, "numpy", None)
+                if callable(get):
+                    v = get()
+                    continue
+            if hasattr(type(v), "__float__") and not isinstance(v, complex):
+                return float(v)
+        except Exception:  # noqa: BLE001 - then it is shown as text
+            pass
+        break
+    try:
+        text = str(v)
+        if type(text) is not str:
+            text = str.__str__(text)
+    except Exception:  # noqa: BLE001 - even its text fails: name its type
+        text = f"<unprintable {type(v).__name__}>"
+    return text[:REPORT_TEXT_LIMIT]
+
+
+def _is_0d(v: Any) -> bool:
+    """``v.shape == ()``: a numpy scalar or 0-d array, a 0-d tensor."""
+    try:
+        shape = v.shape
+        return bool(shape == ()) and len(shape) == 0
+    except Exception:  # noqa: BLE001 - no shape, or an odd one
+        return False
 
 
 def check_metrics(result: Any) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .outcome import AttemptResult, Status
+from .paths import private_journal
 from .plan import Plan
 
 SCHEMA_VERSION = 1
@@ -65,6 +66,7 @@ class Journal:
             uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?mode=ro"
             self.db = sqlite3.connect(uri, uri=True, timeout=10, check_same_thread=False)
         else:
+            private_journal(self.path)  # 0600, never through a symlink: it may hold secrets
             self.db = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
@@ -107,15 +109,8 @@ class Journal:
                 ],
             )
 
-    def set_meta(self, **values: str) -> None:
-        with self._tx() as db:
-            db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", values.items())
-
     def meta(self) -> dict[str, str]:
         return {r["key"]: r["value"] for r in self.db.execute("SELECT key, value FROM meta")}
-
-    def is_initialised(self) -> bool:
-        return "plan_hash" in self.meta()
 
     # -- attempts ----------------------------------------------------------------
     def start_attempt(
@@ -185,3 +180,32 @@ class Journal:
             r[0]
             for r in self.db.execute("SELECT DISTINCT fold_id FROM attempts WHERE status = 'ok'")
         }
+
+    def used_attempts(self) -> dict[str, int]:
+        """Attempts per fold that count against ``retry.attempts`` (cancelled ones do not)."""
+        return {
+            r[0]: r[1]
+            for r in self.db.execute(
+                "SELECT fold_id, COUNT(*) FROM attempts WHERE status != 'cancelled' GROUP BY fold_id"
+            )
+        }
+
+    def forget_attempt(self, fold_id: str, attempt: int) -> None:
+        """Drop a 'running' attempt that never began (its warm spare died in the handover)."""
+        with self._tx() as db:
+            db.execute(
+                "DELETE FROM attempts WHERE fold_id = ? AND attempt = ? AND status = ?",
+                (fold_id, attempt, Status.RUNNING.value),
+            )
+
+    # -- whose run it is ---------------------------------------------------------
+    def set_owner(self, owner: Mapping[str, Any]) -> None:
+        """Record the orchestrator now running this journal (pid, start time, token,
+        the run directory's identity): a later resume ends only this owner's orphans."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('owner', ?)", (_json(dict(owner)),))
+
+    def owner(self) -> dict[str, Any]:
+        """The last orchestrator recorded by :meth:`set_owner` (empty when none)."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'owner'").fetchone()
+        return dict(json.loads(row[0])) if row else {}

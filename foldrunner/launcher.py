@@ -30,7 +30,7 @@ from .errors import FoldrunnerError
 
 START_METHODS = ("forkserver", "spawn")
 #: what the fold server imports once, before it forks any fold
-SERVER_PRELOAD = ["foldrunner.child"]
+SERVER_PRELOAD = ["foldrunner.serverinit", "foldrunner.child"]
 
 _MAIN_KEYS = ("init_main_from_path", "init_main_from_name")
 
@@ -132,7 +132,7 @@ def start_zygote(preload: list[str], workdir: str, env: dict[str, str], status: 
 
     from .zygote import ENV
 
-    server = _FoldServer(["foldrunner.zygote"])
+    server = _FoldServer(["foldrunner.serverinit", "foldrunner.zygote"])
     status.unlink(missing_ok=True)
     cfg = {"preload": list(preload), "sys_path": [workdir, *sys.path], "status": str(status),
            "env": dict(env)}
@@ -213,6 +213,23 @@ class Child:
             pass
 
 
+_LIFELINE: list[Any] = []
+"""``[reader, writer]`` of this process's lifeline pipe (made on first use)."""
+
+
+def lifeline() -> Any:
+    """The read end of this orchestrator's lifeline, handed to every fold and spare.
+
+    Only this process holds the write end (never inherited: not by the fork servers, not
+    by anything a fold starts). When this process dies, however it dies, every fold sees
+    end of file on its read end and ends its own tree (``foldrunner.child``).
+    """
+    if not _LIFELINE:
+        reader, writer = multiprocess.Pipe(duplex=False)
+        _LIFELINE.extend([reader, writer])
+    return _LIFELINE[0]
+
+
 def _start(target: Any, args: tuple[Any, ...], name: str, method: str,
            server: _FoldServer | None = None) -> Any:
     if method not in START_METHODS:
@@ -240,7 +257,7 @@ def start_child(task: ChildTask, method: str = "forkserver", server: _FoldServer
     reader, writer = multiprocess.Pipe(duplex=False)
     try:
         name = f"foldrunner {task.fold_id}.{task.attempt}"
-        proc = _start(child_main, (blob, writer), name, method, server)
+        proc = _start(child_main, (blob, writer, lifeline()), name, method, server)
     finally:
         writer.close()
     fd = reader.fileno()
@@ -254,7 +271,7 @@ def start_spare(init: SpareInit, name: str, method: str = "forkserver") -> tuple
     reader, writer = multiprocess.Pipe(duplex=False)
     task_r, task_w = multiprocess.Pipe(duplex=False)
     try:
-        proc = _start(spare_main, (blob, task_r, writer), name, method)
+        proc = _start(spare_main, (blob, task_r, writer, lifeline()), name, method)
     finally:
         writer.close()
         task_r.close()

@@ -7,11 +7,14 @@ pid, for the message a second run gets and for ``foldrunner status``.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 from pathlib import Path
 
-from .errors import RunLockedError
+from .errors import RunDirError, RunLockedError
+from .paths import NOFOLLOW, symlink_error
 
 
 class RunLock:
@@ -22,7 +25,7 @@ class RunLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -35,6 +38,21 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
+
+    def _open(self) -> int:
+        """The lock file, opened (created 0644) without following a symlink planted there:
+        a RunDirError for a symlink or a non-file, before anything is written."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | NOFOLLOW, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise symlink_error(self.path) from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise RunDirError(
+                f"{self.path} is not a regular file: remove it, or choose another --run-dir")
+        return fd
 
     def release(self) -> None:
         if self.fd is None:

@@ -91,6 +91,25 @@ def marked_processes(prefix: str) -> Iterator[psutil.Process]:
                 continue
 
 
+def group_members(pgid: int) -> list[psutil.Process]:
+    """The live (not zombie) processes of a process group, by a scan of /proc.
+
+    Used only when a group still answers ``kill(0)`` but none of its known members is
+    alive: it finds members missed so far, or says that only zombies are left.
+    """
+    if not killpg(pgid, 0):
+        return []
+    out = []
+    for pid in psutil.pids():
+        ids = stat_ids(pid)
+        if ids is not None and ids[1] == pgid and ids[0] != "Z":
+            try:
+                out.append(psutil.Process(pid))
+            except psutil.NoSuchProcess:
+                continue
+    return out
+
+
 def descendants(pid: int) -> list[psutil.Process]:
     """The live descendants of ``pid`` (empty when it is gone)."""
     try:

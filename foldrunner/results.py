@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
-import secrets
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +15,10 @@ import pandas as pd
 
 from .errors import UsageError
 from .journal import Journal
-from .paths import RunPaths
+from .paths import PUBLIC, RunPaths
+from .paths import atomic_write as atomic_write  # re-exported: spec.yaml is written with it
+
+log = logging.getLogger("foldrunner")
 
 #: the columns every results table has, in this order (then param_*, metric_*, extras)
 CORE_COLUMNS = [
@@ -77,28 +81,66 @@ def _cell(v: Any) -> Any:
     return json.dumps(v) if isinstance(v, (list, dict)) else v
 
 
+#: parquet files already warned about (once each, until one is written again)
+_PARQUET_WARNED: set[Path] = set()
+
+
 def write_results(df: pd.DataFrame, paths: RunPaths) -> list[Path]:
-    """Write ``results.csv`` (and ``results.parquet`` where pyarrow is installed), atomically."""
-    written = [atomic_write(paths.results_csv, lambda p: df.to_csv(p, index=False))]
+    """Write ``results.csv`` (and ``results.parquet`` where pyarrow is installed), atomically.
+
+    The csv is always written. Values that change type within a column (a number in one
+    fold, ``"n/a"`` in another) go to the parquet file as text; ``df`` itself is left as
+    it is. Should the parquet file still fail for a reason other than the disk (an
+    ``OSError`` is raised, like the csv's), it is skipped with one warning, and a stale
+    one is removed: it never disagrees with the csv.
+    """
+    written = [atomic_write(paths.results_csv, lambda p: df.to_csv(p, index=False), PUBLIC)]
     try:
         import pyarrow  # noqa: F401
     except ImportError:
         return written
-    written.append(atomic_write(paths.results_parquet, lambda p: df.to_parquet(p, index=False)))
+    table = parquet_safe(df)
+    try:
+        written.append(atomic_write(
+            paths.results_parquet, lambda p: table.to_parquet(p, index=False), PUBLIC))
+    except OSError:  # the disk or the directory: an error of the run dir, as for the csv
+        raise
+    except Exception as exc:  # noqa: BLE001 - any other failure costs the parquet file only
+        _skip_parquet(paths.results_parquet, exc)
+    else:
+        _PARQUET_WARNED.discard(paths.results_parquet)
     return written
 
 
-def atomic_write(target: Path, write: Any) -> Path:
-    """Write ``target`` through ``write(tmp_path)`` and a rename: never half a file."""
-    # Not mkstemp: its 0600 file would become the result, unreadable by the user's group.
-    tmp = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+def _skip_parquet(path: Path, exc: Exception) -> None:
+    """Remove a stale ``path``; say once why it is not written."""
+    path.unlink(missing_ok=True)
+    if path in _PARQUET_WARNED:
+        return
+    _PARQUET_WARNED.add(path)
+    log.warning("%s not written (the results are in results.csv): %s: %s",
+                path, type(exc).__name__, exc)
+
+
+def parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with each object column that pyarrow cannot convert as it is (mixed types)
+    turned to text, missing values kept missing; a shallow copy, ``df`` is unchanged."""
+    import pyarrow as pa
+
+    text: dict[str, Any] = {}
+    for name in df.columns[df.dtypes == object]:
+        try:
+            pa.array(df[name], from_pandas=True)
+        except Exception:  # noqa: BLE001 - whatever pyarrow refuses goes as text
+            text[str(name)] = df[name].map(_text)
+    return df.assign(**text) if text else df
+
+
+def _text(value: Any) -> str | None:
+    """A cell as text; None for a missing value."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return str(value)
 
 
 def load_results(run_dir: str | os.PathLike[str]) -> pd.DataFrame:

@@ -3,7 +3,6 @@ GPU slot is used again only once its last fold holds no GPU memory any more."""
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Callable
 
@@ -12,6 +11,7 @@ import psutil
 from . import proctree
 from .gpus import Drain, Slot
 from .outcome import Status, Timing
+from .terminate import Terminator
 from .watchdog import GpuWatch
 
 GPU_FAILURES_IN_A_ROW = 3
@@ -24,8 +24,9 @@ class GpuSlots:
     """Watches every GPU slot's folds as they end."""
 
     def __init__(self, slots: list[Slot], watch: GpuWatch, notes: Callable[[str], None],
-                 grace: float) -> None:
+                 grace: float, terminator: Terminator) -> None:
         self.slots, self.watch, self.notes, self.grace = slots, watch, notes, grace
+        self.term = terminator
         self.failures: dict[int, int] = {}
 
     def fold_ended(self, slot: Slot, status: Status, fold_id: str, marker: str,
@@ -96,6 +97,8 @@ class GpuSlots:
                         procs.append(psutil.Process(pid))
                     except psutil.NoSuchProcess:
                         continue
-                proctree.send(procs, signal.SIGKILL)
+                # its fold's own grace is over: the one termination path, at once
+                self.term.end(("gpu", slot.index, d.fold_id), procs=procs, grace=0.0, now=now,
+                              label=f"GPU {slot.gpu} holders of fold {d.fold_id}")
                 d.killed = holders
                 self.notes(f"GPU {slot.gpu}: killed {holders} of fold {d.fold_id} with SIGKILL")

@@ -10,18 +10,19 @@ Spares not needed at the end are ended cleanly: their task pipe is closed and th
 from __future__ import annotations
 
 import os
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 
 from . import proctree
 from .child import ChildTask, SpareInit, encode_frame, read_messages
 from .gpus import Slot
 from .launcher import Child, start_spare
 from .paths import RunPaths
+from .terminate import Terminator
 
 SPARE_DEATHS_TO_GIVE_UP = 3
 """After this many spares in a row die before their fold comes, spares are switched off."""
@@ -57,11 +58,14 @@ class SparePool:
         paths: RunPaths,
         start_method: str,
         notes: Callable[[str], None],
+        terminator: Terminator,
+        grace: float = 10.0,
     ) -> None:
         self.enabled = enabled
         self.preload, self.env, self.workdir = preload, env, workdir
         self.run_id, self.paths, self.start_method = run_id, paths, start_method
         self.notes = notes
+        self.term, self.grace = terminator, grace
         self.by_slot: dict[int, Spare] = {}
         self.started = 0
         self.deaths_in_a_row = 0
@@ -88,7 +92,8 @@ class SparePool:
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"slot{slot.index}.{n}.log"
         init = SpareInit(gpu=slot.gpu, env=self.env, workdir=self.workdir,
-                         preload=list(self.preload), log_path=str(log_path), marker=marker)
+                         preload=list(self.preload), log_path=str(log_path), marker=marker,
+                         grace=self.grace)
         child, task_fd = start_spare(init, f"foldrunner spare {slot.index}.{n}", self.start_method)
         return Spare(slot.index, slot.gpu, child, task_fd, marker, log_path, time.monotonic())
 
@@ -98,6 +103,10 @@ class SparePool:
 
     def sentinels(self) -> dict[int, Spare]:
         return {s.child.sentinel: s for s in self.by_slot.values()}
+
+    def pids(self) -> set[int]:
+        """The pids of every spare still held (waiting or retiring)."""
+        return {s.child.pid for s in self.by_slot.values()} | {s.child.pid for s, _ in self.retiring}
 
     def on_readable(self, spare: Spare) -> None:
         messages, spare.eof = read_messages(spare.child.fd, spare.buf)
@@ -117,7 +126,17 @@ class SparePool:
         code = spare.child.process.exitcode
         how = (f"killed by {proctree.signal_name(-code)}" if code is not None and code < 0
                else f"exited with code {code}")
+        self._end(spare, 0.0)  # anything it started
         self._close(spare)
+        self._count_death(spare, how)
+
+    def died_in_handover(self, slot: int, how: str) -> None:
+        """The spare of ``slot`` died after its fold was sent, before it took it."""
+        self.deaths_in_a_row += 1
+        self.notes(f"a warm spare of slot {slot} {how} while its fold was handed over; "
+                   "the fold goes to the next free slot")
+
+    def _count_death(self, spare: Spare, how: str) -> None:
         self.deaths_in_a_row += 1
         if self.deaths_in_a_row >= SPARE_DEATHS_TO_GIVE_UP and self.enabled:
             self.enabled = False
@@ -138,16 +157,28 @@ class SparePool:
         del self.by_slot[slot.index]
         return spare
 
-    def hand_over(self, spare: Spare, task: ChildTask) -> None:
-        """Send the spare its one fold; its task pipe is closed behind it."""
+    def hand_over(self, spare: Spare, task: ChildTask) -> bool:
+        """Send the spare its one fold; its task pipe is closed behind it.
+
+        False when the spare died before it could be sent (the fold must start
+        elsewhere; the dead spare is ended and counted).
+        """
         try:
             data = memoryview(encode_frame(task))
             while data:
                 n = os.write(spare.task_fd, data)
                 data = data[n:]
+            return True
+        except OSError as exc:  # BrokenPipeError: it died after its last poll
+            self._end(spare, 0.0)
+            spare.child.process.join(SPARE_EXIT_WAIT)
+            self._count_death(spare, f"died ({type(exc).__name__})")
+            self._close(spare)
+            return False
         finally:
-            os.close(spare.task_fd)
-            spare.task_fd = -1
+            if spare.task_fd >= 0:
+                os.close(spare.task_fd)
+                spare.task_fd = -1
 
     # -- the end ---------------------------------------------------------------------
     def retire_all(self) -> None:
@@ -157,29 +188,38 @@ class SparePool:
             if s.task_fd >= 0:
                 os.close(s.task_fd)
                 s.task_fd = -1
+            self._end(s, SPARE_EXIT_WAIT)  # it holds no work: SIGTERM now is fine
             self.retiring.append((s, now + SPARE_EXIT_WAIT))
         self.by_slot.clear()
 
     def hurry(self, now: float) -> None:
-        """SIGKILL retiring spares at the next poll (a second Ctrl-C)."""
-        self.retiring = [(s, min(deadline, now)) for s, deadline in self.retiring]
+        """SIGKILL retiring spares at the next poll (a stop never waits for their imports)."""
+        for s, _ in self.retiring:
+            self.term.hurry(("spare", s.child.pid), now)
 
     def poll_retiring(self, now: float) -> None:
         for item in list(self.retiring):
-            s, deadline = item
+            s, _ = item
             s.child.process.join(0)
-            if s.child.process.exitcode is not None:
-                proctree.killpg(s.child.pid, signal.SIGKILL)  # anything the spare started
+            if s.child.process.exitcode is not None and ("spare", s.child.pid) not in self.term:
                 self._close(s)
                 self.retiring.remove(item)
-            elif now >= deadline:
-                proctree.killpg(s.child.pid, signal.SIGKILL)
+
+    def _end(self, s: Spare, grace: float) -> None:
+        """End a spare's tree through the one termination path."""
+        try:
+            procs = [psutil.Process(s.child.pid)]
+        except psutil.NoSuchProcess:
+            procs = []
+        self.term.end(("spare", s.child.pid), procs=procs, pgids=[s.child.pid], marker=s.marker,
+                      grace=grace, label=f"spare {s.slot} ({s.marker})")
 
     def close_all(self) -> None:
         """Retire every spare and wait (bounded) until they are gone."""
         self.retire_all()
         deadline = time.monotonic() + SPARE_EXIT_WAIT + 2.0
         while self.retiring and time.monotonic() < deadline:
+            self.term.poll()
             self.poll_retiring(time.monotonic())
             if self.retiring:
                 time.sleep(0.02)

@@ -249,6 +249,14 @@ def _parse_dist(value: object) -> Dist:
     return {kind: list(args)}
 
 
+def _not_dot_or_dotdot(value: str) -> str:
+    """A name that is not ``.`` or ``..``: in ``runs/{name}`` those would name another directory."""
+    if value in (".", ".."):
+        raise ValueError(f"invalid name {value!r}: not `.` or `..`, which in the run directory"
+                         " (runs/{name}) would name another directory")
+    return value
+
+
 def _output_dir(value: str) -> str:
     """A non-empty path in which ``{name}`` is the only placeholder."""
     if not value.strip() or re.search(r"[{}]", value.replace("{name}", "")):
@@ -354,7 +362,8 @@ class Spec(_Section):
     """A validated fold spec; build it with :func:`load_spec`. ``workdir`` is absolute."""
 
     name: Annotated[StrictStr, Field(max_length=100), _matching(
-        r"[A-Za-z0-9._-]+", "name", "use letters, digits, '.', '_' and '-'")]
+        r"[A-Za-z0-9._-]+", "name", "use letters, digits, '.', '_' and '-'"),
+        AfterValidator(_not_dot_or_dotdot)]
     entrypoint: Annotated[StrictStr, _matching(
         rf"{_DOTTED}:{_DOTTED}", "entry point", "expected module:function, e.g. digits:train_fold")]
     workdir: Annotated[Path, PlainValidator(_parse_workdir), PlainSerializer(str)] = Field(

@@ -35,9 +35,9 @@ from .outcome import AttemptResult, ChildOutcome, Status, Timing
 from .paths import RunPaths
 from .plan import Fold
 from .gpus import Inventory, Slot
-from .reaper import Reaper
 from .slots import GpuSlots
 from .spares import SparePool
+from .terminate import Terminator
 from .watchdog import GpuWatch, OomCounter, tree_memory
 
 MiB = 1024 * 1024
@@ -66,12 +66,17 @@ class Events(Protocol):
 
     def attempt_ended(self, fold: Fold, result: AttemptResult, final: bool) -> None: ...
 
+    def report(self, fold: Fold, attempt: int, metrics: dict[str, Any]) -> None: ...
+
 
 class NoEvents:
     def attempt_started(self, fold: Fold, attempt: int, slot: Slot) -> None:
         pass
 
     def attempt_ended(self, fold: Fold, result: AttemptResult, final: bool) -> None:
+        pass
+
+    def report(self, fold: Fold, attempt: int, metrics: dict[str, Any]) -> None:
         pass
 
 
@@ -81,6 +86,8 @@ class _Pending:
     attempt: int
     not_before: float = 0.0
     avoid_gpu: int | None = None
+    used: int = 0
+    """Earlier attempts that count against ``retry.attempts`` (cancelled ones do not)."""
 
 
 @dataclass
@@ -110,7 +117,15 @@ class _Running:
     kill_status: Status | None = None
     kill_reason: str = ""
     kill_at: float | None = None
-    sigkilled: bool = False
+    """When its SIGKILL is due (None while nobody ends it)."""
+    hard: bool = False
+    via_spare: bool = False
+    started_msg: bool = False
+    """The fold's process said it started its task (a spare: it has taken the fold)."""
+    journaled_ok: bool = False
+    """Its ``ok`` result is in the journal already (written when the result arrived)."""
+    used: int = 1
+    """Attempts of this fold that count against ``retry.attempts``, this one included."""
     lingered: bool = False
     peak_rss: int = 0
     peak_gpu: int = 0
@@ -161,10 +176,11 @@ class Supervisor:
         self.rng = rng or random.Random()
         self.pending: deque[_Pending] = deque()
         self.running: dict[int, _Running] = {}  # by root pid
-        self.reaper = Reaper(lambda: self._our_children | server_pids())
+        self.term = Terminator(self._keep_children, stray_grace=limits.grace)
         self.stop_status: Status | None = None
         self.stop_reason = ""
         self._our_children: set[int] = set()
+        self._next_sweep = 0.0
         self._stop_pending = False
         self._stop_hard = False
         self.deadline = deadline
@@ -173,19 +189,27 @@ class Supervisor:
             inventory if any(sl.gpu is not None for sl in slots) else None, self.notes
         )
         self.oom = OomCounter()
-        self.gpu_slots = GpuSlots(slots, self.gpu_watch, self.notes, limits.grace)
+        self.gpu_slots = GpuSlots(slots, self.gpu_watch, self.notes, limits.grace, self.term)
         self.spares = SparePool(
             enabled=spares, preload=list(preload or []), env=self.env, workdir=workdir,
             run_id=run_id, paths=paths, start_method=start_method, notes=self.notes,
+            terminator=self.term, grace=limits.grace,
         )
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
 
     # -- the loop ------------------------------------------------------------------
-    def run(self, work: Iterable[tuple[Fold, int]]) -> None:
-        """Run each ``(fold, first attempt number)`` until it ends for good."""
-        self.pending.extend(_Pending(f, n) for f, n in work)
+    def run(self, work: Iterable[tuple[Fold, int] | tuple[Fold, int, int]]) -> None:
+        """Run each ``(fold, first attempt number[, attempts used])`` until it ends for good.
+
+        ``attempts used`` are the earlier attempts that count against ``retry.attempts``
+        (a resume passes them; cancelled attempts do not count).
+        """
+        for item in work:
+            fold, n = item[0], item[1]
+            used = item[2] if len(item) > 2 else n - 1  # type: ignore[misc]
+            self.pending.append(_Pending(fold, n, used=used))
         self._our_children = set(proctree.child_pids())
         was_subreaper = proctree.set_subreaper(True)
         try:
@@ -198,7 +222,7 @@ class Supervisor:
                 self._keep_spares()
                 self._wait_for_events(self._next_wakeup(now))
                 self._enforce_clocks(time.monotonic())
-                self.reaper.poll(time.monotonic())
+                self._sweep(time.monotonic())
                 self.gpu_slots.check_drains(time.monotonic())
         finally:
             self._shutdown()
@@ -208,7 +232,7 @@ class Supervisor:
             os.close(self._wake_w)
 
     def _work_left(self) -> bool:
-        if self.running or self.reaper or self.gpu_slots.draining:
+        if self.running or self.term or self.gpu_slots.draining:
             return True
         if not self.pending or self.stop_status is not None:
             return False
@@ -241,16 +265,14 @@ class Supervisor:
         self._stop_pending = False
         status = self.stop_status or Status.CANCELLED
         for r in list(self.running.values()):
-            if r.outcome is not None:
-                continue
-            if r.kill_status is None:
-                self._begin_kill(r, status, self.stop_reason, now, hard=self._stop_hard)
-            elif self._stop_hard and not r.sigkilled:
-                self._sigkill(r)
+            if r.kill_at is None or self._stop_hard:
+                # a fold whose result came keeps it (ok); the others end as ``status``
+                self._begin_kill(r, Status.OK if r.outcome is not None else status,
+                                 self.stop_reason, now, hard=self._stop_hard)
         self.spares.retire_all()
         self.spares.hurry(now)  # a spare holds no work: a stop never waits for its imports
         if self._stop_hard:
-            self.reaper.hurry(now)
+            self.term.hurry(None, now)  # every tree, the folds' and their leftovers
 
     # -- step 1: launch ----------------------------------------------------------------
     def _launch_ready(self, now: float) -> None:
@@ -287,13 +309,14 @@ class Supervisor:
             gpu=slot.gpu, run_dir=str(self.paths.root), log_path=str(log_path),
             workdir=self.workdir, entrypoint=self.entrypoint,
             entrypoint_blob=self.entrypoint_blob, env=self.env, marker=marker,
+            grace=self.limits.grace,
         )
         started_wall = time.time()
         spare = self.spares.take(slot)
-        if spare is not None:
-            self.spares.hand_over(spare, task)
+        if spare is not None and self.spares.hand_over(spare, task):
             child, buf = spare.child, spare.buf
-        else:
+        else:  # no ready spare, or it died before it could take the fold
+            spare = None
             child, buf = self._start_cold(task), bytearray()
         try:
             root: psutil.Process | None = psutil.Process(child.pid)
@@ -305,7 +328,8 @@ class Supervisor:
             fold=fold, attempt=attempt, slot=slot, child=child, root=root, marker=marker,
             log_path=log_path, started=now, started_wall=started_wall,
             deadline=now + self.limits.timeout, next_sample=now + Timing.FIRST_SAMPLE_DELAY,
-            oom_kills_at_start=self.oom.read(), buf=buf,
+            oom_kills_at_start=self.oom.read(), buf=buf, via_spare=spare is not None,
+            used=item.used + 1,
         )
         self.running[child.pid] = r
         self.journal.start_attempt(
@@ -345,7 +369,7 @@ class Supervisor:
                 times.append(r.report_written + 1.0)
             if self.limits.stall and r.last_report_at is not None:
                 times.append(r.last_report_at + self.limits.stall)
-        if self.reaper or self.spares.retiring:
+        if self.term or self.spares.retiring:
             times.append(now + 0.05)
         if self.gpu_slots.draining:
             times.append(now + 0.1)
@@ -391,20 +415,30 @@ class Supervisor:
             self._on_message(r, message)
 
     def _on_message(self, r: _Running, message: Any) -> None:
+        """One well-formed message of a fold (the wire turns anything else into "bad")."""
         now = time.monotonic()
-        kind = message[0] if isinstance(message, tuple) and message else "bad"
-        if kind == "result":
-            r.outcome = message[1]
-            r.result_at = now
+        kind = message[0]
+        if r.bad_frame:
+            return  # nothing a fold says after a bad message is believed
+        if kind == "started":
+            r.started_msg = True
+        elif kind == "result":
+            r.outcome, r.result_at = message[1], now
+            if r.outcome is not None and r.outcome.status is Status.OK:
+                # journaled now: the fold's later fate (lingering, a kill, the
+                # orchestrator's death) can neither lose this result nor run it again
+                self.journal.end_attempt(self._result(r, None, Status.OK, "", "",
+                                                      dict(r.outcome.metrics), ""))
+                r.journaled_ok = True
         elif kind == "report":
             r.last_report, r.last_report_at = message[1], now
             r.report_dirty = True
             self._flush_report(r, now)
-            report = getattr(self.events, "report", None)
-            if report is not None:
-                report(r.fold, r.attempt, message[1])
+            self.events.report(r.fold, r.attempt, message[1])
         elif kind == "bad":
-            r.bad_frame = str(message[1]) if len(message) > 1 else "it sent an unreadable message"
+            r.bad_frame = str(message[1])
+            if r.outcome is None and r.kill_at is None:
+                self._begin_kill(r, Status.CRASHED, f"{r.bad_frame}; its process tree was ended", now)
 
     def _flush_report(self, r: _Running, now: float, force: bool = False) -> None:
         if r.report_dirty and r.last_report is not None and (force or now - r.report_written >= 1.0):
@@ -423,39 +457,51 @@ class Supervisor:
         self._read(r)
         self._flush_report(r, time.monotonic(), force=True)
         del self.running[r.child.pid]
+        self._end_tree(r, time.monotonic())
+        r.child.close()
+        r.slot.busy = False
+        if self._spare_fault(r, code):
+            return
         status, error, tb, metrics, note = self._classify(r, code)
-        now = time.monotonic()
-        self.reaper.collect(
-            fold_id=r.fold.fold_id, root_pid=r.child.pid, marker=r.marker, members=r.members,
-            killed=r.sigkilled, kill_at=r.kill_at if r.kill_at is not None else now + self.limits.grace,
+        result = self._result(r, code, status, error, tb, metrics, note)
+        self.gpu_slots.fold_ended(r.slot, status, r.fold.fold_id, r.marker, r.known_pids())
+        self.journal.end_attempt(result)
+        final = not (
+            status in self.limits.retry_on
+            and (r.used if status is not Status.CANCELLED else r.used - 1) < self.limits.attempts
+            and self.stop_status is None
         )
-        ended_wall = time.time()
-        result = AttemptResult(
+        if not final:
+            delay = self._backoff(r.used)
+            self.pending.append(_Pending(r.fold, r.attempt + 1, time.monotonic() + delay,
+                                         avoid_gpu=r.slot.gpu, used=r.used))
+        self.events.attempt_ended(r.fold, result, final)
+
+    def _result(self, r: _Running, code: int | None, status: Status, error: str, tb: str,
+                metrics: dict[str, Any], note: str) -> AttemptResult:
+        """The journal's record of an attempt, as far as it is known now."""
+        gpu_known = r.slot.gpu is not None and self.gpu_watch.inventory is not None
+        return AttemptResult(
             fold_id=r.fold.fold_id, attempt=r.attempt, status=status,
-            started_at=r.started_wall, ended_at=ended_wall,
+            started_at=r.started_wall, ended_at=time.time(),
             duration_s=round(time.monotonic() - r.started, 6), gpu=r.slot.gpu,
             pid=r.child.pid, exit_code=code if code is None or code >= 0 else None,
             signal=proctree.signal_name(-code) if code is not None and code < 0 else None,
             error=error, traceback=tb, metrics=metrics,
             peak_rss_mb=self._peak_mb(r), lingered=r.lingered, note=note,
             log_path=str(r.log_path),
-            peak_gpu_mb=round(r.peak_gpu / MiB, 3) if r.slot.gpu is not None and self.gpu_watch.inventory else None,
+            peak_gpu_mb=round(r.peak_gpu / MiB, 3) if gpu_known else None,
         )
-        r.child.close()
-        r.slot.busy = False
-        self.gpu_slots.fold_ended(r.slot, status, r.fold.fold_id, r.marker, r.known_pids())
-        self.journal.end_attempt(result)
-        final = not (
-            status in self.limits.retry_on
-            and r.attempt < self.limits.attempts
-            and self.stop_status is None
-        )
-        if not final:
-            delay = self._backoff(r.attempt)
-            self.pending.append(
-                _Pending(r.fold, r.attempt + 1, time.monotonic() + delay, avoid_gpu=r.slot.gpu)
-            )
-        self.events.attempt_ended(r.fold, result, final)
+
+    def _spare_fault(self, r: _Running, code: int | None) -> bool:
+        """A spare that died after its handover, before it took its fold: not the fold's
+        fault. The attempt is forgotten and the fold goes to the next free slot."""
+        if not r.via_spare or r.started_msg or r.outcome is not None or r.kill_at is not None:
+            return False
+        self.journal.forget_attempt(r.fold.fold_id, r.attempt)
+        self.spares.died_in_handover(r.slot.index, _describe_exit(code))
+        self.pending.appendleft(_Pending(r.fold, r.attempt, used=r.used - 1))
+        return True
 
     def _classify(self, r: _Running, code: int | None) -> tuple[Status, str, str, dict[str, Any], str]:
         """``(status, error, traceback, metrics, note)`` of an ended attempt."""
@@ -474,7 +520,10 @@ class Supervisor:
             status = Status.MEMORY if out.memory_error else Status.ERROR
             return status, f"{out.error_type}: {out.error}", out.traceback, {}, "; ".join(notes)
         if r.kill_status is not None:
-            return r.kill_status, f"{r.kill_reason} ({log})", "", {}, how
+            reason = r.kill_reason
+            if code == -signal.SIGKILL and not r.hard:
+                reason += f"; still alive {self.limits.grace:g}s after SIGTERM, killed with SIGKILL"
+            return r.kill_status, f"{reason} ({log})", "", {}, how
         if code == -signal.SIGKILL and self.oom.read() > r.oom_kills_at_start:
             return (
                 Status.MEMORY,
@@ -501,9 +550,7 @@ class Supervisor:
         lim = self.limits
         for r in list(self.running.values()):
             if r.kill_at is not None:
-                if now >= r.kill_at and not r.sigkilled:
-                    self._sigkill(r)
-                continue
+                continue  # being ended: the terminator keeps its clock
             if r.result_at is not None:
                 if now >= r.result_at + lim.exit_timeout:
                     r.lingered = True
@@ -559,27 +606,35 @@ class Supervisor:
         return procs
 
     def _begin_kill(self, r: _Running, status: Status, reason: str, now: float, hard: bool = False) -> None:
-        """End a running fold: SIGTERM to its whole tree, SIGKILL after ``grace``."""
-        if status is not Status.OK:
+        """End a running fold through the one termination path: SIGTERM to its group and
+        every member, SIGKILL after ``grace`` (at once when ``hard``)."""
+        if status is not Status.OK and r.kill_status is None:
             r.kill_status, r.kill_reason = status, reason
-        procs = self._tree(r)
-        if hard:
-            proctree.killpg(r.child.pid, signal.SIGKILL)
-            proctree.send(procs, signal.SIGKILL)
-            r.sigkilled = True
-            r.kill_at = now
-            return
-        proctree.killpg(r.child.pid, signal.SIGTERM)
-        proctree.send(procs, signal.SIGTERM)
-        r.kill_at = now + self.limits.grace
+        r.hard = r.hard or hard
+        e = self.term.end(r.child.pid, procs=self._tree(r), pgids=[r.child.pid], marker=r.marker,
+                          grace=0.0 if hard else self.limits.grace, now=now,
+                          label=f"fold {r.fold.fold_id} attempt {r.attempt}")
+        r.kill_at = e.kill_at
 
-    def _sigkill(self, r: _Running) -> None:
-        procs = self._tree(r)
-        proctree.killpg(r.child.pid, signal.SIGKILL)
-        proctree.send(procs, signal.SIGKILL)
-        r.sigkilled = True
-        if r.kill_status is not None:
-            r.kill_reason += f"; still alive {self.limits.grace:g}s after SIGTERM, killed with SIGKILL"
+    def _end_tree(self, r: _Running, now: float) -> None:
+        """The fold's root has ended: whatever it left (its group, members, processes
+        that come back to us with its marker, group or session) is ended too, within the
+        same grace when it was being ended, else with a grace of its own."""
+        self.term.end(r.child.pid, procs=list(r.members.values()), pgids=[r.child.pid],
+                      marker=r.marker, grace=0.0 if r.hard else self.limits.grace, now=now,
+                      label=f"fold {r.fold.fold_id} attempt {r.attempt}")
+
+    def _keep_children(self) -> set[int]:
+        """Children of ours that the sweep leaves alone: servers, folds' roots, spares."""
+        return (self._our_children | server_pids() | set(self.running)
+                | self.spares.pids())
+
+    def _sweep(self, now: float) -> None:
+        """Every few ticks: escaped processes that came back to us, traced or ended."""
+        if now >= self._next_sweep:
+            self._next_sweep = now + Timing.SWEEP_INTERVAL
+            self.term.sweep(now)
+        self.term.poll(now)
 
     # -- the end -------------------------------------------------------------------
     def _shutdown(self) -> None:
@@ -594,14 +649,15 @@ class Supervisor:
             elif r.kill_at is None:
                 self._begin_kill(r, Status.OK, "ended with the supervisor", now)
         deadline = now + self.limits.grace + Timing.REAP_WAIT
-        while (self.running or self.reaper or self.spares.retiring) and time.monotonic() < deadline:
+        while (self.running or self.term or self.spares.retiring) and time.monotonic() < deadline:
             self._wait_for_events(0.05)
             self._apply_stop(time.monotonic())
             self._enforce_clocks(time.monotonic())
-            self.reaper.poll(time.monotonic())
+            self._sweep(time.monotonic())
             self.spares.poll_retiring(time.monotonic())
         for r in list(self.running.values()):  # pragma: no cover - a process that won't die
-            self._sigkill(r)
+            self.term.hurry(r.child.pid)
+            self.term.poll()
             r.child.process.join(Timing.REAP_WAIT)
             if r.child.pid in self.running:
                 self._finish(r)

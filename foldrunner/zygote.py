@@ -5,8 +5,9 @@ Forking a process that has *run* TensorFlow hangs its children (its thread pools
 survive a fork). A process that has only *imported* TensorFlow forks safely; this server
 imports and never runs anything else. To make sure, it counts its own threads once its
 imports are done and checks the count again before every fork: should it ever grow
-(something started a thread pool), the server refuses to fork and exits, and the
-supervisor goes on without it.
+(something started a thread pool), the server refuses that fork and every later one,
+the supervisor starts folds from the plain fold server from then on, and the folds the
+zygote forked before run on untouched (the server stays up, reporting their exits).
 
 This module does its work only when imported by that server, which finds its
 configuration in ``FOLDRUNNER_ZYGOTE``. The fork server of Python 3.11 ignores an
@@ -17,6 +18,7 @@ through the status file.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import os
@@ -37,9 +39,30 @@ def thread_count() -> int:
 
 
 def _write(status: Path, text: str) -> None:
-    tmp = status.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, status)
+    """Replace the status file whole, never writing through a symlink planted in the run dir."""
+    from .paths import PUBLIC, atomic_write
+
+    atomic_write(status, lambda tmp: tmp.write_text(text), PUBLIC)
+
+
+def _refuse_request() -> None:
+    """Refuse the fork request being served, and only it: close the pipes it brought
+    (the asking orchestrator then reads end of file and starts the fold elsewhere) and
+    raise the one error ``multiprocess``'s server loop survives. The server goes on
+    serving nothing new but keeps reporting the exits of the folds it forked before.
+
+    The request's pipes are locals of the server loop (``multiprocess.forkserver.main``),
+    the frame that called ``os.fork``.
+    """
+    frame = sys._getframe(2)
+    names = frame.f_locals
+    for fd in (names.get("child_r"), names.get("child_w"), *(names.get("fds") or ())):
+        if isinstance(fd, int):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    raise ConnectionAbortedError(errno.ECONNABORTED, "the zygote refuses to fork")
 
 
 def _serve() -> None:
@@ -63,7 +86,7 @@ def _serve() -> None:
         if now > baseline:
             _write(status, f"error: refused to fork: the server's threads went from {baseline} "
                    f"to {now} after its imports (something ran in it)")
-            os._exit(70)
+            _refuse_request()
         pid = real_fork()
         if pid == 0:
             os.fork = real_fork  # the fold's own forks are its own business

@@ -35,6 +35,13 @@ def zombie_children() -> list[int]:
     return out
 
 
+def _describe(p: psutil.Process) -> str:
+    try:
+        return f"{p.pid} ({proctree.read_marker(p.pid)}: {' '.join(p.cmdline())[:80]})"
+    except psutil.Error:
+        return str(p.pid)
+
+
 @pytest.fixture(autouse=True)
 def no_process_survives():
     """After each test: no fold process alive, no zombie left among our children."""
@@ -53,7 +60,7 @@ def no_process_survives():
                 except psutil.NoSuchProcess:
                     pass
             pytest.fail(
-                f"processes survived the test: {[p.pid for p in alive]}; zombies {zombies}"
+                f"processes survived the test: {[_describe(p) for p in alive]}; zombies {zombies}"
             )
         time.sleep(0.05)
 

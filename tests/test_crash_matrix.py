@@ -37,7 +37,7 @@ MATRIX = [
     ("daemonize", "ok", "", 1, {}),
     ("big_result", "ok", "", 1, {}),
     ("unpicklable", "error", "could not be pickled", 1, {}),
-    ("unimportable_result", "crashed", "could not be unpickled: ModuleNotFoundError", 2, {}),
+    ("unimportable_result", "crashed", "could not be unpickled: it refers to matrix.LocalFloat", 2, {}),
     ("big_stdout", "ok", "", 1, {}),
     ("fail_once", "ok", "", 2, {}),
     ("bad_return", "error", "must return a mapping of metric name", 1, {}),

@@ -35,6 +35,8 @@ def test_the_zygote_refuses_to_fork_once_a_thread_started_in_it(tmp_path):
     assert list(df["status"]) == ["ok"] * 6  # the run went on from the plain fold server
     assert any("the zygote stopped serving (error: refused to fork" in n for n in notes), notes
     assert df["metric_imported_in"].nunique() > 1  # later folds imported it themselves
+    # the refusal is local: folds forked before it ran on untouched, none was retried
+    assert list(df["attempts"]) == [1] * 6, df[["fold_id", "attempts", "error"]]
 
 
 def test_a_preload_the_zygote_cannot_import_is_reported(tmp_path):
