@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import threading
 import time
 import uuid
@@ -23,9 +24,9 @@ from multiprocess.connection import wait
 
 from . import proctree
 from .child import ChildTask, read_messages
-from .errors import InterruptedRun, PreflightError, RunDirError
+from .errors import InterruptedRun, PreflightError, RunDirError, StorageError, storage_error
 from .gpus import Inventory, NvmlInventory, Slot, make_slots
-from .journal import Journal
+from .journal import Journal, journal_storage_error
 from .lock import RunLock
 from .launcher import ZygoteError, start_child, start_zygote, stop_zygote
 from .outcome import AttemptResult, ChildOutcome, Status, Timing
@@ -92,10 +93,14 @@ class ResultsWriter:
     orchestrator's time goes to rewriting results.
     """
 
-    def __init__(self, journal: Journal, paths: RunPaths) -> None:
+    def __init__(self, journal: Journal, paths: RunPaths,
+                 notes: Callable[[str], None] | None = None) -> None:
         self.journal, self.paths = journal, paths
         self.last = 0.0
         self.interval = Timing.RESULTS_FLUSH_INTERVAL
+        self.notes = notes or _no_notes
+        self.storage_error: StorageError | None = None
+        """Why the latest write of the results files failed (None once one succeeds)."""
 
     def attempt_started(self, fold: Fold, attempt: int, slot: Slot) -> None:
         pass
@@ -108,9 +113,20 @@ class ResultsWriter:
         pass
 
     def flush(self) -> pd.DataFrame:
+        """Rewrite the files from the journal; return the table. A full disk or a
+        read-only run dir never stops the run here: one note, and the journal keeps every
+        result (the run raises :attr:`storage_error` at its end if it still fails)."""
         t0 = time.monotonic()
         df = build_table(self.journal)
-        write_results(df, self.paths)
+        try:
+            write_results(df, self.paths)
+        except StorageError as exc:
+            if self.storage_error is None:
+                self.notes(f"cannot write the results file {exc.path}: {exc.reason}; the run goes "
+                           "on (the journal keeps every result) and it is written again later")
+            self.storage_error = exc
+        else:
+            self.storage_error = None
         self.last = time.monotonic()
         self.interval = max(Timing.RESULTS_FLUSH_INTERVAL, 10 * (self.last - t0))
         return df
@@ -214,9 +230,30 @@ def run(
     paths = RunPaths(Path(opts.run_dir) if opts.run_dir else s.run_dir())
     if paths.root.exists() and not paths.root.is_dir():
         raise RunDirError(f"run directory {paths.root} exists and is not a directory")
-    paths.make()
-    with RunLock(paths.lock):
+    try:
+        paths.make()
+    except OSError as exc:
+        raise storage_error("the run directory", paths.logs, exc) from exc
+    with _run_lock(paths.lock):
         return _run_locked(s, plan, paths, opts, entrypoint, events, notes or _no_notes)
+
+
+@contextmanager
+def _run_lock(path: Path) -> Iterator[None]:
+    """``RunLock(path)``: a lock file that cannot be written is a StorageError; its
+    release never hides the error that ends the run (the kernel drops the lock anyway)."""
+    lock = RunLock(path)
+    try:
+        lock.acquire()
+    except OSError as exc:
+        raise storage_error("the lock file", path, exc) from exc
+    try:
+        yield
+    finally:
+        try:
+            lock.release()
+        except OSError:  # a read-only run dir: the lock goes with its file descriptor
+            pass
 
 
 def _run_locked(
@@ -240,7 +277,7 @@ def _run_locked(
     )
     for n in slot_notes:
         notes(n)
-    with Journal(paths.journal) as journal:
+    with _open_journal_file(paths) as journal:
         run_id = _open_journal(journal, s, plan, opts.resume)
         owner = _owner(paths)
         if opts.resume:
@@ -254,7 +291,7 @@ def _run_locked(
         counts, used = journal.attempt_counts(), journal.used_attempts()
         work = [(f, counts.get(f.fold_id, 0) + 1, used.get(f.fold_id, 0))
                 for f in plan.folds if f.fold_id not in done]
-        writer = ResultsWriter(journal, paths)
+        writer = ResultsWriter(journal, paths, notes)
         # the zygote last: it imports the preloads (seconds) and must end with the run
         server, spares = None, s.resources.spares
         if s.resources.zygote:
@@ -285,6 +322,8 @@ def _run_locked(
         finally:
             if server is not None:
                 stop_zygote(server)
+    if writer.storage_error is not None:  # every result is journaled, the files lag behind
+        raise writer.storage_error
     if sup.stop_status is Status.CANCELLED and sup.stop_reason.startswith("interrupted"):
         raise InterruptedRun(
             f"{sup.stop_reason}: finished results are kept in {paths.root}; "
@@ -340,6 +379,21 @@ def _dill(fn: Callable[..., Any]) -> bytes:
         return bytes(dill.dumps(fn, recurse=True))
     except Exception as exc:  # noqa: BLE001 - any serialization failure is a usage error
         raise PreflightError(f"entrypoint= {fn!r} cannot be sent to a fold with dill: {exc}") from exc
+
+
+@contextmanager
+def _open_journal_file(paths: RunPaths) -> Iterator[Journal]:
+    """``Journal(paths.journal)``; a journal that cannot be created or opened for writing
+    (a full disk, a read-only run dir) is a StorageError."""
+    try:
+        journal = Journal(paths.journal)
+    except (sqlite3.Error, OSError) as exc:
+        error = journal_storage_error(paths.journal, exc)
+        if error is None:
+            raise
+        raise error from exc
+    with journal:
+        yield journal
 
 
 def _check_run_dir(paths: RunPaths, resume: bool) -> None:
@@ -451,4 +505,7 @@ def end_orphans(journal: Journal, run_id: str, grace: float, owner: Mapping[str,
 
 def _write_spec(paths: RunPaths, spec: Spec) -> None:
     text = spec.to_yaml()
-    atomic_write(paths.spec, lambda tmp: Path(tmp).write_text(text))
+    try:
+        atomic_write(paths.spec, lambda tmp: Path(tmp).write_text(text))
+    except OSError as exc:
+        raise storage_error("the spec file", paths.spec, exc) from exc

@@ -1,7 +1,8 @@
 """The child's side: one fresh process runs one attempt of one fold.
 
 :func:`child_main` is the whole life of a fold's process. It takes its own session,
-asks the kernel for a signal when its parent dies, sets its environment (the spec's
+watches the orchestrator's lifeline (and ends its own tree when the orchestrator
+dies), sets its environment (the spec's
 ``env``, ``CUDA_VISIBLE_DEVICES``, TensorFlow's memory growth, the run's marker),
 sends its stdout and stderr to the attempt's log, imports the entry point, calls it
 with a :class:`FoldContext` and always ends by sending a typed :class:`ChildOutcome`

@@ -1,13 +1,14 @@
 """The command line: a thin layer over the library.
 
 Exit codes: 0 all folds ok; 1 some fold failed after its retries (or the deadline
-passed); 2 bad spec or usage; 75 the run dir is locked by another live run;
-130 interrupted (resumable).
+passed), or the run dir cannot be written (a full disk, read-only); 2 bad spec or usage;
+75 the run dir is locked by another live run; 130 interrupted (resumable).
 """
 
 from __future__ import annotations
 
 import datetime
+import errno
 import sys
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Any, NoReturn
 
 import click
 
-from .errors import FoldrunnerError, UsageError
+from .errors import FoldrunnerError, UsageError, storage_error
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 75, 130
 
@@ -34,8 +35,12 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except FoldrunnerError as exc:
+        except FoldrunnerError as exc:  # a full disk or a read-only run dir: StorageError, 1
             _fail(exc)
+        except OSError as exc:  # a write foldrunner did not expect to fail: the same message
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                raise
+            _fail(storage_error("a file", exc.filename or "of the run directory", exc))
         except KeyboardInterrupt:  # before the run's own signal handling (e.g. preflight)
             click.echo("foldrunner: interrupted before any fold started", err=True)
             sys.exit(EXIT_INTERRUPTED)

@@ -6,6 +6,8 @@ Messages say what happened, the likely cause, and where to look.
 
 from __future__ import annotations
 
+import errno
+
 
 class FoldrunnerError(Exception):
     """Root of every error foldrunner raises on purpose."""
@@ -58,3 +60,36 @@ class InterruptedRun(FoldrunnerError):
     def __init__(self, message: str, results: object = None) -> None:
         super().__init__(message)
         self.results = results
+
+
+class StorageError(FoldrunnerError, OSError):
+    """The run directory cannot be written (a full disk, a read-only file system): exit 1.
+
+    ``what`` names the file's role (``the journal``, ``the results file``, ...), ``path``
+    the file, ``reason`` the OS's (or SQLite's) words. What the journal already holds is
+    kept; ``--resume`` finishes the run once the disk is writable again. It is an
+    ``OSError`` too, as the failed writes of the results files always were.
+    """
+
+    exit_code = 1
+
+    def __init__(self, what: str, path: object, reason: str) -> None:
+        self.what, self.path, self.reason = what, str(path), reason
+        super().__init__(
+            f"cannot write {what} {path}: {reason}. foldrunner stopped (no fold is left "
+            "running); the finished results already journaled are kept; "
+            "free some space (or make RUN_DIR writable) and run again with --resume"
+        )
+
+
+#: errnos that mean the disk, not the program: full, over quota, read-only, failing
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG})
+
+
+def storage_error(what: str, path: object, exc: BaseException) -> StorageError:
+    """A StorageError for ``exc`` (an OSError or a SQLite error) writing ``path``."""
+    if isinstance(exc, OSError) and exc.strerror:
+        reason = exc.strerror
+    else:
+        reason = str(exc) or type(exc).__name__
+    return StorageError(what, path, reason)

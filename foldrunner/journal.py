@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
 import time
 import urllib.parse
@@ -22,8 +23,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .errors import STORAGE_ERRNOS, StorageError, storage_error
 from .outcome import AttemptResult, Status
-from .paths import private_journal
+from .paths import NOFOLLOW, private_journal
 from .plan import Plan
 
 SCHEMA_VERSION = 1
@@ -47,6 +49,54 @@ CREATE TABLE IF NOT EXISTS attempts (
     PRIMARY KEY (fold_id, attempt)
 );
 """
+
+
+#: SQLite's primary result codes that mean the disk, not the SQL: full, read-only,
+#: an I/O error, cannot open (a read-only or vanished directory)
+_STORAGE_CODES = frozenset({13, 8, 10, 14})  # SQLITE_FULL, _READONLY, _IOERR, _CANTOPEN
+_STORAGE_WORDS = ("disk is full", "readonly database", "disk i/o error", "unable to open")
+
+
+def journal_storage_error(path: Path, exc: BaseException) -> StorageError | None:
+    """The StorageError for ``exc`` raised writing the journal at ``path``; None when
+    ``exc`` is not the disk's fault (a locked database, a bug)."""
+    if isinstance(exc, OSError):
+        return storage_error("the journal", path, exc) if exc.errno in STORAGE_ERRNOS else None
+    if not isinstance(exc, sqlite3.Error):
+        return None
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        if code & 0xFF not in _STORAGE_CODES:
+            return None
+    elif not any(w in str(exc).lower() for w in _STORAGE_WORDS):
+        return None
+    reason = str(exc)
+    if code is None or code & 0xFF != 13:  # not "full": say what the OS says of the dir
+        why = _probe(path.parent)
+        if why:
+            reason += f" ({why})"
+    return StorageError("the journal", path, reason)
+
+
+def _probe(directory: Path) -> str | None:
+    """Why a byte cannot be written in ``directory`` (the OS's words), or None."""
+    probe = directory / f".foldrunner-probe.{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o600)
+    except OSError as exc:
+        return exc.strerror
+    try:
+        os.write(fd, b"\0")
+        os.fsync(fd)
+    except OSError as exc:
+        return exc.strerror
+    finally:
+        os.close(fd)
+        try:
+            os.unlink(probe)
+        except OSError:
+            pass
+    return None
 
 
 def _json(value: Any) -> str:
@@ -85,8 +135,15 @@ class Journal:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self.db:
-            yield self.db
+        """One write transaction; a full disk or a read-only run dir is a StorageError."""
+        try:
+            with self.db:
+                yield self.db
+        except (sqlite3.Error, OSError) as exc:
+            error = journal_storage_error(self.path, exc)
+            if error is None:
+                raise
+            raise error from exc
 
     # -- meta and plan -----------------------------------------------------------
     def initialise(self, *, run_id: str, spec_yaml: str, plan: Plan, name: str) -> None:

@@ -7,13 +7,13 @@ import logging
 import math
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from .errors import UsageError
+from .errors import StorageError, UsageError, storage_error
 from .journal import Journal
 from .paths import PUBLIC, RunPaths
 from .paths import atomic_write as atomic_write  # re-exported: spec.yaml is written with it
@@ -90,26 +90,35 @@ def write_results(df: pd.DataFrame, paths: RunPaths) -> list[Path]:
 
     The csv is always written. Values that change type within a column (a number in one
     fold, ``"n/a"`` in another) go to the parquet file as text; ``df`` itself is left as
-    it is. Should the parquet file still fail for a reason other than the disk (an
-    ``OSError`` is raised, like the csv's), it is skipped with one warning, and a stale
+    it is. Should the parquet file still fail for a reason other than the disk (a
+    ``StorageError`` is raised, like the csv's), it is skipped with one warning, and a stale
     one is removed: it never disagrees with the csv.
     """
-    written = [atomic_write(paths.results_csv, lambda p: df.to_csv(p, index=False), PUBLIC)]
+    written = [_write_file(paths.results_csv, lambda p: df.to_csv(p, index=False))]
     try:
         import pyarrow  # noqa: F401
     except ImportError:
         return written
     table = parquet_safe(df)
     try:
-        written.append(atomic_write(
-            paths.results_parquet, lambda p: table.to_parquet(p, index=False), PUBLIC))
-    except OSError:  # the disk or the directory: an error of the run dir, as for the csv
+        written.append(_write_file(
+            paths.results_parquet, lambda p: table.to_parquet(p, index=False)))
+    except StorageError:  # the disk or the directory: an error of the run dir, as for the csv
         raise
     except Exception as exc:  # noqa: BLE001 - any other failure costs the parquet file only
         _skip_parquet(paths.results_parquet, exc)
     else:
         _PARQUET_WARNED.discard(paths.results_parquet)
     return written
+
+
+def _write_file(target: Path, write: Callable[[Path], object]) -> Path:
+    """``atomic_write(target, write, PUBLIC)``; an OSError (a full disk, a read-only run
+    dir) is a StorageError that names ``target``."""
+    try:
+        return atomic_write(target, write, PUBLIC)
+    except OSError as exc:
+        raise storage_error("the results file", target, exc) from exc
 
 
 def _skip_parquet(path: Path, exc: Exception) -> None:

@@ -22,13 +22,14 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ParamSpec, Protocol
 
 import psutil
 from multiprocess.connection import wait
 
 from . import proctree
 from .child import ChildTask, read_messages
+from .errors import StorageError
 from .journal import Journal
 from .launcher import Child, server_pids, start_child
 from .outcome import AttemptResult, ChildOutcome, Status, Timing
@@ -41,6 +42,7 @@ from .terminate import Terminator
 from .watchdog import GpuWatch, OomCounter, tree_memory
 
 MiB = 1024 * 1024
+P = ParamSpec("P")
 log = logging.getLogger("foldrunner")
 
 
@@ -179,6 +181,8 @@ class Supervisor:
         self.term = Terminator(self._keep_children, stray_grace=limits.grace)
         self.stop_status: Status | None = None
         self.stop_reason = ""
+        self.storage_error: StorageError | None = None
+        """The first journal write that failed (a full disk, a read-only run dir)."""
         self._our_children: set[int] = set()
         self._next_sweep = 0.0
         self._stop_pending = False
@@ -230,6 +234,8 @@ class Supervisor:
                 proctree.set_subreaper(False)
             os.close(self._wake_r)
             os.close(self._wake_w)
+        if self.storage_error is not None:
+            raise self.storage_error
 
     def _work_left(self) -> bool:
         if self.running or self.term or self.gpu_slots.draining:
@@ -279,6 +285,8 @@ class Supervisor:
         if self.stop_status is not None:
             return
         for slot in self.slots:
+            if self.stop_status is not None:  # e.g. the journal could not be written
+                return
             if not slot.free or not self.pending:
                 continue
             item = self._take_pending(now, slot)
@@ -332,9 +340,9 @@ class Supervisor:
             used=item.used + 1,
         )
         self.running[child.pid] = r
-        self.journal.start_attempt(
-            fold.fold_id, attempt, started_at=started_wall, pid=child.pid,
-            pid_started_at=root_started, gpu=slot.gpu, log_path=str(log_path),
+        self._journal(
+            self.journal.start_attempt, fold.fold_id, attempt, started_at=started_wall,
+            pid=child.pid, pid_started_at=root_started, gpu=slot.gpu, log_path=str(log_path),
         )
         self.events.attempt_started(fold, attempt, slot)
 
@@ -427,9 +435,9 @@ class Supervisor:
             if r.outcome is not None and r.outcome.status is Status.OK:
                 # journaled now: the fold's later fate (lingering, a kill, the
                 # orchestrator's death) can neither lose this result nor run it again
-                self.journal.end_attempt(self._result(r, None, Status.OK, "", "",
-                                                      dict(r.outcome.metrics), ""))
-                r.journaled_ok = True
+                r.journaled_ok = self._journal(
+                    self.journal.end_attempt,
+                    self._result(r, None, Status.OK, "", "", dict(r.outcome.metrics), ""))
         elif kind == "report":
             r.last_report, r.last_report_at = message[1], now
             r.report_dirty = True
@@ -442,7 +450,8 @@ class Supervisor:
 
     def _flush_report(self, r: _Running, now: float, force: bool = False) -> None:
         if r.report_dirty and r.last_report is not None and (force or now - r.report_written >= 1.0):
-            self.journal.set_report(r.fold.fold_id, r.attempt, r.last_report, time.time())
+            self._journal(self.journal.set_report, r.fold.fold_id, r.attempt, r.last_report,
+                          time.time())
             r.report_dirty, r.report_written = False, now
 
     # -- step 4: end what died ---------------------------------------------------------
@@ -465,7 +474,7 @@ class Supervisor:
         status, error, tb, metrics, note = self._classify(r, code)
         result = self._result(r, code, status, error, tb, metrics, note)
         self.gpu_slots.fold_ended(r.slot, status, r.fold.fold_id, r.marker, r.known_pids())
-        self.journal.end_attempt(result)
+        self._journal(self.journal.end_attempt, result)
         final = not (
             status in self.limits.retry_on
             and (r.used if status is not Status.CANCELLED else r.used - 1) < self.limits.attempts
@@ -476,6 +485,20 @@ class Supervisor:
             self.pending.append(_Pending(r.fold, r.attempt + 1, time.monotonic() + delay,
                                          avoid_gpu=r.slot.gpu, used=r.used))
         self.events.attempt_ended(r.fold, result, final)
+
+    def _journal(self, write: Callable[P, None], *args: P.args, **kwargs: P.kwargs) -> bool:
+        """One journal write; whether it was written. The first that fails for the disk
+        (a StorageError) stops the run like an interrupt: every fold ends through the
+        normal shutdown, the journal is not written again, and :meth:`run` raises it."""
+        if self.storage_error is not None:
+            return False
+        try:
+            write(*args, **kwargs)
+        except StorageError as exc:
+            self.storage_error = exc
+            self.request_stop(Status.CANCELLED, "stopped: cannot write the journal")
+            return False
+        return True
 
     def _result(self, r: _Running, code: int | None, status: Status, error: str, tb: str,
                 metrics: dict[str, Any], note: str) -> AttemptResult:
@@ -498,7 +521,7 @@ class Supervisor:
         fault. The attempt is forgotten and the fold goes to the next free slot."""
         if not r.via_spare or r.started_msg or r.outcome is not None or r.kill_at is not None:
             return False
-        self.journal.forget_attempt(r.fold.fold_id, r.attempt)
+        self._journal(self.journal.forget_attempt, r.fold.fold_id, r.attempt)
         self.spares.died_in_handover(r.slot.index, _describe_exit(code))
         self.pending.appendleft(_Pending(r.fold, r.attempt, used=r.used - 1))
         return True

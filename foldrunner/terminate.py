@@ -122,9 +122,10 @@ class Terminator:
             e.marker = e.marker or marker
             if now + grace < e.kill_at:
                 self.hurry(key, now + grace)
+        new = e.add(procs)  # before any signal: a dead root's descendants are not found
         for pgid in e.pgids:
             proctree.killpg(pgid, e.signal)
-        proctree.send(e.add(procs), e.signal)
+        proctree.send(new, e.signal)
         return e
 
     def hurry(self, key: object | None = None, when: float | None = None) -> None:

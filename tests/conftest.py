@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -86,3 +89,25 @@ def base_spec(tmp_path: Path, **sections) -> dict:
 
 
 pid_alive = proctree.pid_alive
+
+
+def start_run(spec: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
+    """``foldrunner run SPEC --run-dir RUN_DIR ...`` in a session of its own (as in tmux)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "foldrunner", "run", str(spec), "--run-dir", str(run_dir), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+
+
+def journal_rows(run_dir: Path, columns: str = "fold_id, attempt, status, started_at") -> list[tuple]:
+    """The journal's attempts (read-only; empty while there is no journal yet)."""
+    path = run_dir / "journal.sqlite"
+    if not path.exists():
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        return db.execute(f"SELECT {columns} FROM attempts ORDER BY fold_id, attempt").fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        db.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -19,10 +18,11 @@ import psutil
 import pytest
 
 import foldrunner
-from conftest import FOLDS, base_spec, surviving_fold_processes
+from conftest import FOLDS, base_spec, journal_rows, start_run, surviving_fold_processes
 from foldrunner import proctree
 
 pytestmark = pytest.mark.timeout(120)
+COLUMNS = "fold_id, attempt, status, error"
 
 
 def write_spec(tmp_path: Path, entry: str, *, folds: int = 2, grace: str = "1s",
@@ -35,26 +35,6 @@ def write_spec(tmp_path: Path, entry: str, *, folds: int = 2, grace: str = "1s",
         f"limits: {{timeout: 60s, grace: {grace}, exit_timeout: 60s}}\n{extra}"
     )
     return spec
-
-
-def start(spec: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "foldrunner", "run", str(spec), "--run-dir", str(run_dir), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )
-
-
-def rows(run_dir: Path) -> list[tuple]:
-    if not (run_dir / "journal.sqlite").exists():
-        return []
-    db = sqlite3.connect(f"file:{run_dir / 'journal.sqlite'}?mode=ro", uri=True, timeout=5)
-    try:
-        return db.execute("SELECT fold_id, attempt, status, error FROM attempts "
-                          "ORDER BY fold_id, attempt").fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        db.close()
 
 
 def wait_for(pred, timeout: float = 30.0, what: str = "") -> None:
@@ -92,9 +72,9 @@ def finish(proc: subprocess.Popen) -> None:
 def test_kill_9_of_the_orchestrator_ends_every_fold_and_server(tmp_path, spares):
     spec = write_spec(tmp_path, "family", folds=3, grace="2s", spares=spares)
     run_dir = tmp_path / "run"
-    proc = start(spec, run_dir)
+    proc = start_run(spec, run_dir)
     try:
-        wait_for(lambda: len(files(run_dir, "kids")) == 2, what="two folds with grandchildren")
+        wait_for(lambda: len(files(run_dir, "fold")) == 2, what="two folds with grandchildren")  # written after kids
         helpers = [p for p in psutil.Process(proc.pid).children() if p.is_running()]
         servers = [p for p in helpers if "forkserver" in " ".join(p.cmdline())]
         assert servers, [p.cmdline() for p in helpers]
@@ -127,7 +107,7 @@ def test_a_signal_to_the_whole_group_is_one_orderly_stop(tmp_path, sig):
     spec = write_spec(tmp_path, "graceful", folds=4, grace="5s", spares=True,
                       extra="params: {seconds: 60}\n")
     run_dir = tmp_path / "run"
-    proc = start(spec, run_dir)
+    proc = start_run(spec, run_dir)
     try:
         wait_for(lambda: len(files(run_dir, "fold")) == 2, what="two folds running")
         time.sleep(0.3)
@@ -139,14 +119,14 @@ def test_a_signal_to_the_whole_group_is_one_orderly_stop(tmp_path, sig):
     assert "Traceback" not in err
     # each running fold got SIGTERM and its grace (its handler ran to the end)
     assert len(files(run_dir, "term")) == 2
-    statuses = [r[2] for r in rows(run_dir)]
-    assert statuses == ["cancelled", "cancelled"], rows(run_dir)
+    statuses = [r[2] for r in journal_rows(run_dir, COLUMNS)]
+    assert statuses == ["cancelled", "cancelled"], journal_rows(run_dir, COLUMNS)
 
 
 def test_a_second_ctrl_c_ends_a_fold_that_ignores_sigterm_at_once(tmp_path):
     spec = write_spec(tmp_path, "stubborn", folds=1, grace="60s")
     run_dir = tmp_path / "run"
-    proc = start(spec, run_dir)
+    proc = start_run(spec, run_dir)
     try:
         wait_for(lambda: len(files(run_dir, "fold")) == 1, what="the fold running")
         os.killpg(proc.pid, signal.SIGINT)
@@ -160,16 +140,16 @@ def test_a_second_ctrl_c_ends_a_fold_that_ignores_sigterm_at_once(tmp_path):
         finish(proc)
     assert proc.returncode == 130
     assert took < 5.0, took  # not the 60 s grace
-    assert [r[2] for r in rows(run_dir)] == ["cancelled"]
+    assert [r[2] for r in journal_rows(run_dir, COLUMNS)] == ["cancelled"]
 
 
 # -- 4. a result is journaled when it arrives ----------------------------------------
 def test_a_result_is_journaled_when_it_arrives_and_never_run_again(tmp_path):
     spec = write_spec(tmp_path, "result_then_linger", folds=2)
     run_dir = tmp_path / "run"
-    proc = start(spec, run_dir)
+    proc = start_run(spec, run_dir)
     try:
-        wait_for(lambda: ("t0-r0-f0", 1, "ok") in [r[:3] for r in rows(run_dir)],
+        wait_for(lambda: ("t0-r0-f0", 1, "ok") in [r[:3] for r in journal_rows(run_dir, COLUMNS)],
                  what="fold 0's ok in the journal")
         lingering = pids_in(run_dir, "ran")
         assert any(alive(p) for p in lingering)  # its process still runs (a non-daemon thread)
@@ -193,7 +173,7 @@ def test_cancelled_attempts_do_not_count_against_retry_attempts(tmp_path):
     spec = write_spec(tmp_path, "crash_once", folds=1,
                       extra="retry: {attempts: 2, on: [crashed], backoff: 0}\n")
     run_dir = tmp_path / "run"
-    proc = start(spec, run_dir)
+    proc = start_run(spec, run_dir)
     try:
         wait_for(lambda: len(files(run_dir, "ran")) == 1, what="the first attempt")
         os.killpg(proc.pid, signal.SIGINT)
@@ -207,7 +187,7 @@ def test_cancelled_attempts_do_not_count_against_retry_attempts(tmp_path):
     )
     assert r.returncode == 0, r.stdout + r.stderr
     # attempt 1 cancelled (not counted), attempt 2 crashed (1 of 2), attempt 3 ok
-    assert [x[2] for x in rows(run_dir)] == ["cancelled", "crashed", "ok"]
+    assert [x[2] for x in journal_rows(run_dir, COLUMNS)] == ["cancelled", "crashed", "ok"]
 
 
 # -- 6. nothing escapes --------------------------------------------------------------
@@ -227,7 +207,7 @@ def test_escapees_without_a_marker_and_short_lived_ones_leave_nothing(tmp_path):
 def test_resuming_a_copy_of_a_live_run_dir_never_touches_the_live_runs_folds(tmp_path):
     spec = write_spec(tmp_path, "slow", folds=2, extra="params: {seconds: 60}\n")
     run_dir, copy = tmp_path / "run", tmp_path / "copy"
-    proc = start(spec, run_dir)
+    proc = start_run(spec, run_dir)
     try:
         wait_for(lambda: len(files(run_dir, "fold")) == 2, what="two folds running")
         live = pids_in(run_dir, "fold")
@@ -254,16 +234,17 @@ def test_resume_ends_the_orphans_of_a_dead_orchestrator_by_group(tmp_path):
     # a long grace: the folds still end their trees on their own, the resume comes first
     spec = write_spec(tmp_path, "family", folds=2, grace="60s")
     run_dir = tmp_path / "run"
-    proc = start(spec, run_dir)
+    proc = start_run(spec, run_dir)
     try:
-        wait_for(lambda: len(files(run_dir, "kids")) == 2, what="two folds with grandchildren")
+        wait_for(lambda: len(files(run_dir, "fold")) == 2, what="two folds with grandchildren")  # written after kids
         kids = pids_in(run_dir, "kids") + pids_in(run_dir, "fold")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
     finally:
         finish(proc)
     time.sleep(0.5)
-    assert all(alive(p) for p in pids_in(run_dir, "kids"))  # SIGTERM ignored, in grace
+    in_group = [int(p.read_text().split()[0]) for p in files(run_dir, "kids")]
+    assert all(alive(p) for p in in_group + pids_in(run_dir, "fold"))  # SIGTERM ignored, in grace
     r = subprocess.run(
         [sys.executable, "-m", "foldrunner", "run", str(spec), "--run-dir", str(run_dir),
          "--resume", "--deadline", "1s", "-o", "limits.grace=1s"],
