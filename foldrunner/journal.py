@@ -29,6 +29,9 @@ from .paths import NOFOLLOW, private_journal
 from .plan import Plan
 
 SCHEMA_VERSION = 1
+CACHE_KIB = 256
+"""SQLite page cache of the orchestrator's connection (KiB): the journal is written
+much more than read, and a long run's cache would otherwise grow with it to 2 MiB."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -120,6 +123,7 @@ class Journal:
             self.db = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             self.db.executescript(_SCHEMA)
         self.db.row_factory = sqlite3.Row
 

@@ -122,6 +122,9 @@ class Terminator:
             e.marker = e.marker or marker
             if now + grace < e.kill_at:
                 self.hurry(key, now + grace)
+        procs = list(procs)
+        if not procs:  # only groups named: find their members (a /proc scan, rare)
+            procs = [q for g in e.pgids for q in proctree.group_members(g)]
         new = e.add(procs)  # before any signal: a dead root's descendants are not found
         for pgid in e.pgids:
             proctree.killpg(pgid, e.signal)

@@ -140,7 +140,9 @@ def test_a_second_ctrl_c_ends_a_fold_that_ignores_sigterm_at_once(tmp_path):
         finish(proc)
     assert proc.returncode == 130
     assert took < 5.0, took  # not the 60 s grace
-    assert [r[2] for r in journal_rows(run_dir, COLUMNS)] == ["cancelled"]
+    [row] = journal_rows(run_dir, COLUMNS)
+    assert row[2] == "cancelled"
+    assert "still alive" not in row[3], row[3]  # it was not given its 60 s of grace
 
 
 # -- 4. a result is journaled when it arrives ----------------------------------------
@@ -257,7 +259,7 @@ def test_resume_ends_the_orphans_of_a_dead_orchestrator_by_group(tmp_path):
 # -- 8. spare and zygote faults are local ---------------------------------------------
 def test_a_spare_that_died_before_its_handover_gives_the_fold_to_another(tmp_path):
     from foldrunner.child import ChildTask, SpareInit
-    from foldrunner.launcher import start_spare
+    from foldrunner.launcher import server_pids, start_spare
     from foldrunner.paths import RunPaths
     from foldrunner.spares import Spare, SparePool
     from foldrunner.terminate import Terminator
@@ -266,7 +268,8 @@ def test_a_spare_that_died_before_its_handover_gives_the_fold_to_another(tmp_pat
     paths.make()
     notes: list[str] = []
     pool = SparePool(enabled=True, preload=[], env={}, workdir="", run_id="r", paths=paths,
-                     start_method="forkserver", notes=notes.append, terminator=Terminator())
+                     start_method="forkserver", notes=notes.append,
+                     terminator=Terminator(server_pids))  # earlier tests' fork servers are ours
     init = SpareInit(gpu=None, env={}, workdir="", preload=[], log_path=str(paths.logs / "s.log"),
                      marker="r/spare/0/1", grace=1.0)
     child, task_fd = start_spare(init, "test spare")
