@@ -159,9 +159,7 @@ class _Fanout:
 
     def report(self, fold: Fold, attempt: int, metrics: dict[str, Any]) -> None:
         for s in self.sinks:
-            hook = getattr(s, "report", None)
-            if hook is not None:
-                hook(fold, attempt, metrics)
+            s.report(fold, attempt, metrics)
 
 
 def preflight(spec: Spec, paths: RunPaths, entry_blob: bytes | None, start_method: str) -> None:

@@ -276,18 +276,16 @@ def _watch_lifeline(fd: int, grace: float) -> None:
             pass
     except OSError:
         pass
+    from . import proctree  # only now: it imports psutil, which a fold need not load
+
     me = os.getpid()
     print(f"foldrunner: the orchestrator is gone; ending fold process {me} and its tree",
           file=sys.stderr, flush=True)
     deadline = time.monotonic() + grace
     sig = signal.SIGTERM
     while True:
-        kids = _descendants(me)
-        for pid in kids:
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                pass
+        kids = [p for p in proctree.descendants(me) if proctree.alive(p)]
+        proctree.send(kids, sig)
         _reap_children()
         if not kids or sig == signal.SIGKILL and time.monotonic() > deadline + 2.0:
             break
@@ -297,36 +295,6 @@ def _watch_lifeline(fd: int, grace: float) -> None:
     os.kill(me, signal.SIGTERM)
     time.sleep(1.0)
     os._exit(128 + signal.SIGTERM)
-
-
-def _descendants(pid: int) -> list[int]:
-    """Live descendants of ``pid`` from /proc (this process may not import psutil)."""
-    out: list[int] = []
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            tids = os.listdir(f"/proc/{p}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{p}/task/{tid}/children", "rb") as f:
-                    kids = [int(x) for x in f.read().split()]
-            except OSError:
-                continue
-            out.extend(kids)
-            todo.extend(kids)
-    return [k for k in out if _state(k) not in ("Z", None)]
-
-
-def _state(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return data[data.rfind(b")") + 2 :].split()[0].decode()
 
 
 def _reap_children() -> None:

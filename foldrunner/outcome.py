@@ -52,10 +52,6 @@ class Timing:
     STRAY_GRACE = 5.0
     """Default grace of a process that came back to us and no fold owns any more (the
     supervisor gives such processes the spec's ``limits.grace``)."""
-    SWEEP_INTERVAL = 0.2
-    """Seconds between two sweeps of the orchestrator's children for escaped processes."""
-    LIFELINE_EXIT = 5.0
-    """A fold whose orchestrator died ends its tree within its grace plus this."""
     BACKOFF_JITTER = 0.25
     """Retry backoff is multiplied by a random factor in ``[1 - j, 1 + j]``."""
 

@@ -118,14 +118,12 @@ class _Running:
     report_written: float = 0.0
     kill_status: Status | None = None
     kill_reason: str = ""
-    kill_at: float | None = None
-    """When its SIGKILL is due (None while nobody ends it)."""
+    ending: bool = False
+    """Being ended through the terminator (which keeps its SIGKILL clock)."""
     hard: bool = False
     via_spare: bool = False
     started_msg: bool = False
     """The fold's process said it started its task (a spare: it has taken the fold)."""
-    journaled_ok: bool = False
-    """Its ``ok`` result is in the journal already (written when the result arrived)."""
     used: int = 1
     """Attempts of this fold that count against ``retry.attempts``, this one included."""
     lingered: bool = False
@@ -184,7 +182,6 @@ class Supervisor:
         self.storage_error: StorageError | None = None
         """The first journal write that failed (a full disk, a read-only run dir)."""
         self._our_children: set[int] = set()
-        self._next_sweep = 0.0
         self._stop_pending = False
         self._stop_hard = False
         self.deadline = deadline
@@ -204,16 +201,13 @@ class Supervisor:
         os.set_blocking(self._wake_w, False)
 
     # -- the loop ------------------------------------------------------------------
-    def run(self, work: Iterable[tuple[Fold, int] | tuple[Fold, int, int]]) -> None:
-        """Run each ``(fold, first attempt number[, attempts used])`` until it ends for good.
+    def run(self, work: Iterable[tuple[Fold, int, int]]) -> None:
+        """Run each ``(fold, first attempt number, attempts used)`` until it ends for good.
 
         ``attempts used`` are the earlier attempts that count against ``retry.attempts``
-        (a resume passes them; cancelled attempts do not count).
+        (cancelled attempts do not count).
         """
-        for item in work:
-            fold, n = item[0], item[1]
-            used = item[2] if len(item) > 2 else n - 1  # type: ignore[misc]
-            self.pending.append(_Pending(fold, n, used=used))
+        self.pending.extend(_Pending(fold, n, used=used) for fold, n, used in work)
         self._our_children = set(proctree.child_pids())
         was_subreaper = proctree.set_subreaper(True)
         try:
@@ -226,7 +220,7 @@ class Supervisor:
                 self._keep_spares()
                 self._wait_for_events(self._next_wakeup(now))
                 self._enforce_clocks(time.monotonic())
-                self._sweep(time.monotonic())
+                self.term.poll(time.monotonic())
                 self.gpu_slots.check_drains(time.monotonic())
         finally:
             self._shutdown()
@@ -271,7 +265,7 @@ class Supervisor:
         self._stop_pending = False
         status = self.stop_status or Status.CANCELLED
         for r in list(self.running.values()):
-            if r.kill_at is None or self._stop_hard:
+            if not r.ending or self._stop_hard:
                 # a fold whose result came keeps it (ok); the others end as ``status``
                 self._begin_kill(r, Status.OK if r.outcome is not None else status,
                                  self.stop_reason, now, hard=self._stop_hard)
@@ -370,7 +364,8 @@ class Supervisor:
         times = [now + 1.0]
         for r in self.running.values():
             times.append(r.next_sample)
-            times.append(r.deadline if r.kill_at is None else r.kill_at)
+            if not r.ending:  # else the terminator's clock wakes us (below)
+                times.append(r.deadline)
             if r.result_at is not None:
                 times.append(r.result_at + self.limits.exit_timeout)
             if r.report_dirty:
@@ -435,7 +430,7 @@ class Supervisor:
             if r.outcome is not None and r.outcome.status is Status.OK:
                 # journaled now: the fold's later fate (lingering, a kill, the
                 # orchestrator's death) can neither lose this result nor run it again
-                r.journaled_ok = self._journal(
+                self._journal(
                     self.journal.end_attempt,
                     self._result(r, None, Status.OK, "", "", dict(r.outcome.metrics), ""))
         elif kind == "report":
@@ -445,7 +440,7 @@ class Supervisor:
             self.events.report(r.fold, r.attempt, message[1])
         elif kind == "bad":
             r.bad_frame = str(message[1])
-            if r.outcome is None and r.kill_at is None:
+            if r.outcome is None and not r.ending:
                 self._begin_kill(r, Status.CRASHED, f"{r.bad_frame}; its process tree was ended", now)
 
     def _flush_report(self, r: _Running, now: float, force: bool = False) -> None:
@@ -519,7 +514,7 @@ class Supervisor:
     def _spare_fault(self, r: _Running, code: int | None) -> bool:
         """A spare that died after its handover, before it took its fold: not the fold's
         fault. The attempt is forgotten and the fold goes to the next free slot."""
-        if not r.via_spare or r.started_msg or r.outcome is not None or r.kill_at is not None:
+        if not r.via_spare or r.started_msg or r.outcome is not None or r.ending:
             return False
         self._journal(self.journal.forget_attempt, r.fold.fold_id, r.attempt)
         self.spares.died_in_handover(r.slot.index, _describe_exit(code))
@@ -572,8 +567,8 @@ class Supervisor:
     def _enforce_clocks(self, now: float) -> None:
         lim = self.limits
         for r in list(self.running.values()):
-            if r.kill_at is not None:
-                continue  # being ended: the terminator keeps its clock
+            if r.ending:
+                continue  # the terminator keeps its clock
             if r.result_at is not None:
                 if now >= r.result_at + lim.exit_timeout:
                     r.lingered = True
@@ -634,17 +629,19 @@ class Supervisor:
         if status is not Status.OK and r.kill_status is None:
             r.kill_status, r.kill_reason = status, reason
         r.hard = r.hard or hard
-        e = self.term.end(r.child.pid, procs=self._tree(r), pgids=[r.child.pid], marker=r.marker,
-                          grace=0.0 if hard else self.limits.grace, now=now,
-                          label=f"fold {r.fold.fold_id} attempt {r.attempt}")
-        r.kill_at = e.kill_at
+        r.ending = True
+        self._end(r, self._tree(r), now)
 
     def _end_tree(self, r: _Running, now: float) -> None:
         """The fold's root has ended: whatever it left (its group, members, processes
         that come back to us with its marker, group or session) is ended too, within the
         same grace when it was being ended, else with a grace of its own."""
-        self.term.end(r.child.pid, procs=list(r.members.values()), pgids=[r.child.pid],
-                      marker=r.marker, grace=0.0 if r.hard else self.limits.grace, now=now,
+        self._end(r, list(r.members.values()), now)
+
+    def _end(self, r: _Running, procs: list[psutil.Process], now: float) -> None:
+        """Hand a fold's tree to the terminator (joining its ending if one runs)."""
+        self.term.end(r.child.pid, procs=procs, pgids=[r.child.pid], marker=r.marker,
+                      grace=0.0 if r.hard else self.limits.grace, now=now,
                       label=f"fold {r.fold.fold_id} attempt {r.attempt}")
 
     def _keep_children(self) -> set[int]:
@@ -652,12 +649,6 @@ class Supervisor:
         return (self._our_children | server_pids() | set(self.running)
                 | self.spares.pids())
 
-    def _sweep(self, now: float) -> None:
-        """Every few ticks: escaped processes that came back to us, traced or ended."""
-        if now >= self._next_sweep:
-            self._next_sweep = now + Timing.SWEEP_INTERVAL
-            self.term.sweep(now)
-        self.term.poll(now)
 
     # -- the end -------------------------------------------------------------------
     def _shutdown(self) -> None:
@@ -666,17 +657,17 @@ class Supervisor:
         now = time.monotonic()
         self._apply_stop(now)
         for r in list(self.running.values()):
-            if r.kill_at is None and r.outcome is None:
+            if not r.ending and r.outcome is None:
                 reason = self.stop_reason or "the supervisor stopped"
                 self._begin_kill(r, self.stop_status or Status.CANCELLED, reason, now)
-            elif r.kill_at is None:
+            elif not r.ending:
                 self._begin_kill(r, Status.OK, "ended with the supervisor", now)
         deadline = now + self.limits.grace + Timing.REAP_WAIT
         while (self.running or self.term or self.spares.retiring) and time.monotonic() < deadline:
             self._wait_for_events(0.05)
             self._apply_stop(time.monotonic())
             self._enforce_clocks(time.monotonic())
-            self._sweep(time.monotonic())
+            self.term.poll(time.monotonic())
             self.spares.poll_retiring(time.monotonic())
         for r in list(self.running.values()):  # pragma: no cover - a process that won't die
             self.term.hurry(r.child.pid)

@@ -85,7 +85,6 @@ class Terminator:
         """Whether children of ours that no tree owns are ended (the orchestrator's loop)."""
         self.entries: dict[object, Ending] = {}
         self.my_sid = os.getsid(0)
-        self._seen: set[int] = set()
 
     def __bool__(self) -> bool:
         return bool(self.entries)
@@ -142,7 +141,10 @@ class Terminator:
 
     # -- progress --------------------------------------------------------------------
     def poll(self, now: float | None = None) -> None:
-        """Sweep what came back to us, signal new members, SIGKILL past grace, reap."""
+        """Sweep what came back to us, signal new members, SIGKILL past grace, reap.
+
+        The sweep runs on every poll: a tree is done only when nothing of it is left,
+        escapees that came back since the last poll included."""
         now = time.monotonic() if now is None else now
         self.sweep(now)
         keep = self.own_children()

@@ -50,6 +50,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+from foldrunner import proctree  # noqa: E402 - after the path above
+
 TAG_ENV = "FOLDRUNNER_HARNESS_TAG"  # in the spec's env: every fold process (and its children) carries it
 MiB = 1024 * 1024
 
@@ -64,15 +66,8 @@ def _environ(pid: int) -> bytes | None:
         return None
 
 
-def stat_of(pid: int) -> tuple[str, int, int] | None:
-    """``(state, pgid, sid)`` of pid from /proc, None when gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    rest = data[data.rfind(b")") + 2:].split()
-    return rest[0].decode(), int(rest[2]), int(rest[3])
+stat_of = proctree.stat_ids
+"""``(state, pgid, sid)`` of pid from /proc, None when gone."""
 
 
 def describe(pid: int) -> str:
@@ -92,8 +87,6 @@ def describe(pid: int) -> str:
 
 def marked_of_run(tag: str, run_ids: set[str]) -> tuple[list[int], list[int]]:
     """Live (non-zombie) processes carrying the fold marker: (this run's, others')."""
-    from foldrunner import proctree
-
     key = f"{TAG_ENV}={tag}".encode()
     ours, foreign = [], []
     for p in proctree.marked_processes(""):

@@ -246,7 +246,8 @@ def test_resume_ends_the_orphans_of_a_dead_orchestrator_by_group(tmp_path):
         finish(proc)
     time.sleep(0.5)
     in_group = [int(p.read_text().split()[0]) for p in files(run_dir, "kids")]
-    assert any(alive(p) for p in in_group)  # SIGTERM ignored, in their grace: orphans to end
+    assert all(alive(p) for p in in_group + pids_in(run_dir, "fold")), (
+        in_group, pids_in(run_dir, "fold"), [alive(p) for p in in_group + pids_in(run_dir, "fold")])
     r = subprocess.run(
         [sys.executable, "-m", "foldrunner", "run", str(spec), "--run-dir", str(run_dir),
          "--resume", "--deadline", "1s", "-o", "limits.grace=1s"],
