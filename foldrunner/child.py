@@ -18,6 +18,7 @@ import importlib
 import os
 import pickle
 import resource
+import select
 import signal
 import stat
 import sys
@@ -230,9 +231,10 @@ def run_task(task: ChildTask, send: Callable[[Any], None]) -> ChildOutcome:
         return _error_outcome(exc, started)
 
 
-def _become_fold_process(result_fd: int, lifeline_fd: int | None, grace: float) -> _Sender:
+def _become_fold_process(result_fd: int, lifeline_fd: int | None,
+                         grace: float) -> tuple[_Sender, _Lifeline | None]:
     """Own session, subreaper, default signals, private pipes, and a watch on the
-    orchestrator: when it dies, this fold ends its tree on its own (:func:`_watch_lifeline`).
+    orchestrator: when it dies, this fold ends its tree on its own (:class:`_Lifeline`).
 
     No parent-death signal: the parent is the fold server, and a SIGKILL when it exits
     would end this process before its descendants had their grace.
@@ -243,11 +245,8 @@ def _become_fold_process(result_fd: int, lifeline_fd: int | None, grace: float) 
         signal.signal(sig, signal.SIG_DFL)
     _drop_inherited_server_fds()
     os.set_inheritable(result_fd, False)  # a fold's own children never hold it
-    if lifeline_fd is not None:
-        os.set_inheritable(lifeline_fd, False)
-        threading.Thread(target=_watch_lifeline, args=(lifeline_fd, grace),
-                         name="foldrunner-lifeline", daemon=True).start()
-    return _Sender(result_fd)
+    lifeline = None if lifeline_fd is None else _Lifeline(lifeline_fd, grace)
+    return _Sender(result_fd), lifeline
 
 
 def _drop_inherited_server_fds() -> None:
@@ -268,33 +267,67 @@ def _drop_inherited_server_fds() -> None:
             setattr(owner, attr, None)
 
 
-def _watch_lifeline(fd: int, grace: float) -> None:
-    """Block until the orchestrator's end of the lifeline closes (it died), then end
-    this fold's descendants (SIGTERM, ``grace``, SIGKILL) and this process."""
-    try:
-        while os.read(fd, 64):
-            pass
-    except OSError:
-        pass
-    from . import proctree  # only now: it imports psutil, which a fold need not load
+class _Lifeline:
+    """The fold's end of the orchestrator's lifeline: a pipe that reaches end of file
+    when the orchestrator dies, however it dies.
 
-    me = os.getpid()
-    print(f"foldrunner: the orchestrator is gone; ending fold process {me} and its tree",
-          file=sys.stderr, flush=True)
-    deadline = time.monotonic() + grace
-    sig = signal.SIGTERM
-    while True:
-        kids = [p for p in proctree.descendants(me) if proctree.alive(p)]
-        proctree.send(kids, sig)
-        _reap_children()
-        if not kids or sig == signal.SIGKILL and time.monotonic() > deadline + 2.0:
-            break
-        if time.monotonic() >= deadline:
-            sig = signal.SIGKILL
-        time.sleep(0.05)
-    os.kill(me, signal.SIGTERM)
-    time.sleep(1.0)
-    os._exit(128 + signal.SIGTERM)
+    A thread waits for that end of file and then ends this fold's descendants (SIGTERM,
+    ``grace``, SIGKILL) and this process. A fold that finishes while the orchestrator is
+    already gone does the same before it exits (:meth:`at_exit`): its descendants would
+    otherwise outlive it with nobody left to end them.
+    """
+
+    def __init__(self, fd: int, grace: float) -> None:
+        # imported now, not when the orchestrator dies: by then this process may be
+        # shutting down, when imports fail (and proctree imports this module)
+        from . import proctree
+
+        self.fd, self.grace, self.proctree = fd, grace, proctree
+        self.lock = threading.Lock()
+        os.set_inheritable(fd, False)
+        threading.Thread(target=self._watch, name="foldrunner-lifeline", daemon=True).start()
+
+    def _watch(self) -> None:
+        try:
+            while os.read(self.fd, 64):
+                pass
+        except OSError:
+            pass
+        self.end_tree()
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1.0)
+        os._exit(128 + signal.SIGTERM)
+
+    def orchestrator_gone(self) -> bool:
+        """Whether the lifeline is at end of file (nothing is ever written to it)."""
+        return bool(select.select([self.fd], [], [], 0)[0])
+
+    def at_exit(self) -> None:
+        """Before this fold's process exits: end its tree if nobody else will."""
+        if self.orchestrator_gone():
+            self.end_tree()
+
+    def end_tree(self) -> None:
+        """SIGTERM to every descendant, ``grace``, SIGKILL; reap (once, by one thread)."""
+        with self.lock:
+            me = os.getpid()
+            print(f"foldrunner: the orchestrator is gone; ending the tree of fold process {me}",
+                  file=sys.stderr, flush=True)
+            deadline = time.monotonic() + self.grace
+            sig = signal.SIGTERM
+            while True:
+                kids = self.proctree.descendant_pids(me)
+                for pid in kids:
+                    try:
+                        os.kill(pid, sig)
+                    except OSError:
+                        pass
+                _reap_children()
+                if not kids or sig == signal.SIGKILL and time.monotonic() > deadline + 2.0:
+                    return
+                if time.monotonic() >= deadline:
+                    sig = signal.SIGKILL
+                time.sleep(0.05)
 
 
 def _reap_children() -> None:
@@ -347,8 +380,12 @@ def _serve(task: ChildTask, send: _Sender) -> None:
 def child_main(task_blob: bytes, result_conn: Any, lifeline: Any = None) -> None:
     """The target of every cold fold process (see the module's docstring)."""
     task: ChildTask = pickle.loads(task_blob)
-    send = _become_fold_process(result_conn.fileno(), _fd(lifeline), task.grace)
-    _serve(task, send)
+    send, watch = _become_fold_process(result_conn.fileno(), _fd(lifeline), task.grace)
+    try:
+        _serve(task, send)
+    finally:
+        if watch is not None:
+            watch.at_exit()
 
 
 def _fd(conn: Any) -> int | None:
@@ -395,7 +432,7 @@ def spare_main(init_blob: bytes, task_conn: Any, result_conn: Any, lifeline: Any
     one fold; when the supervisor closes its task pipe without sending one, it exits.
     """
     init: SpareInit = pickle.loads(init_blob)
-    send = _become_fold_process(result_conn.fileno(), _fd(lifeline), init.grace)
+    send, watch = _become_fold_process(result_conn.fileno(), _fd(lifeline), init.grace)
     _redirect_output(init.log_path)
     _set_environment(init.env, init.gpu, init.marker, init.workdir)
     for name in init.preload:
@@ -417,4 +454,8 @@ def spare_main(init_blob: bytes, task_conn: Any, result_conn: Any, lifeline: Any
             os.unlink(init.log_path)  # nothing was said while waiting: keep logs/ tidy
     except OSError:
         pass
-    _serve(task, send)
+    try:
+        _serve(task, send)
+    finally:
+        if watch is not None:
+            watch.at_exit()

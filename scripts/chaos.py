@@ -82,6 +82,7 @@ class Round:
         self.death_s: list[float] = []       # seconds until every fold process was gone, per kill
         self.survivors = 0                   # fold processes alive grace+5 s after a kill
         self.leftovers_of_ended = 0          # left by folds already ended at the kill
+        self.roots_at_kill: set[tuple[str, int]] = set()
         self.unmarked_after_kill = 0         # recorded unmarked grandchildren alive then (--clean-env)
         self.ok_snapshots: dict[tuple, tuple] = {}
         self.exits: Counter = Counter()
@@ -144,6 +145,7 @@ class Round:
         os.kill(proc.pid, signal.SIGKILL)  # the orchestrator only, never its group
         proc.wait()
         t_kill = time.monotonic()
+        self.roots_at_kill = self.live_roots()
         self.kills += 1
         self.exits["SIGKILL"] += 1
         self.kill_moments.append(moment)
@@ -180,18 +182,24 @@ class Round:
         unmarked = [r for r in read_records(self.pids_dir) if r["kind"] == "clean_env" and record_alive(r)]
         self.unmarked_after_kill += len(unmarked)
 
-    def of_ended_attempts(self, pids: list[int]) -> set[int]:
-        """The pids whose marker names an attempt the journal had already ended."""
+    def live_roots(self) -> set[tuple[str, int]]:
+        """The attempts whose fold process (the journal's pid) is alive right now."""
         from foldrunner import proctree
 
-        status = {(r[0], r[1]): r[2] for r in journal_query(
-            self.run_dir, "SELECT fold_id, attempt, status FROM attempts") or []}
+        rows = journal_query(self.run_dir, "SELECT fold_id, attempt, pid FROM attempts "
+                             "WHERE status = 'running'") or []
+        return {(r[0], r[1]) for r in rows if r[2] and proctree.pid_alive(r[2])}
+
+    def of_ended_attempts(self, pids: list[int]) -> set[int]:
+        """The pids whose marker names an attempt whose fold process had already ended
+        when the orchestrator was killed (journaled as ended, or its process gone)."""
+        from foldrunner import proctree
+
         out = set()
         for pid in pids:
             parts = (proctree.read_marker(pid) or "").split("/")
             if len(parts) == 3 and parts[2].isdigit():
-                st = status.get((parts[1], int(parts[2])))
-                if st is not None and st != "running":
+                if (parts[1], int(parts[2])) not in self.roots_at_kill:
                     out.add(pid)
         return out
 

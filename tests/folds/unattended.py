@@ -15,11 +15,24 @@ def _note(ctx, name: str, text: str) -> None:
     Path(ctx.run_dir, f"{name}.{ctx.fold_id}.{ctx.attempt}").write_text(text)
 
 
+def _ignores_term(pid: int) -> bool:
+    """Whether ``pid`` has set SIGTERM to be ignored (its ``SigIgn`` mask in /proc)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            mask = next(int(line.split()[1], 16) for line in f if line.startswith("SigIgn:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(mask & (1 << (signal.SIGTERM - 1)))
+
+
 def family(ctx):
     """A grandchild in the fold's group, one in a session of its own, both ignoring
-    SIGTERM; then hang. Their pids go to files in the run dir."""
+    SIGTERM; then hang. Their pids go to files in the run dir once both ignore SIGTERM
+    (a loaded machine takes a while to start Python)."""
     a = subprocess.Popen(SLEEPER)
     b = subprocess.Popen(SLEEPER, start_new_session=True)
+    while not (_ignores_term(a.pid) and _ignores_term(b.pid)):
+        time.sleep(0.01)
     _note(ctx, "kids", f"{a.pid} {b.pid}")
     _note(ctx, "fold", str(os.getpid()))
     time.sleep(600)
