@@ -2,7 +2,7 @@
 
 The public API: :func:`run`, :func:`load_results`, :class:`FoldContext`, the exceptions.
 Attributes are imported lazily, so that a fold's process (which imports
-``foldrunner.child``) does not pay for pandas, pydantic or YAML.
+``foldrunner.child.entry``) does not pay for pandas, pydantic or YAML.
 """
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "run": "foldrunner.api",
-    "RunOptions": "foldrunner.api",
-    "load_results": "foldrunner.results",
-    "summarize": "foldrunner.results",
-    "load_spec": "foldrunner.spec",
-    "Spec": "foldrunner.spec",
-    "build_plan": "foldrunner.plan",
-    "FoldContext": "foldrunner.context",
-    "Status": "foldrunner.outcome",
+    "run": "foldrunner.orchestrate.api",
+    "RunOptions": "foldrunner.orchestrate.api",
+    "load_results": "foldrunner.store.results",
+    "summarize": "foldrunner.store.results",
+    "load_spec": "foldrunner.config.spec",
+    "Spec": "foldrunner.config.spec",
+    "build_plan": "foldrunner.config.plan",
+    "FoldContext": "foldrunner.child.context",
+    "Status": "foldrunner.wire.outcome",
     "FoldrunnerError": "foldrunner.errors",
     "UsageError": "foldrunner.errors",
     "SpecError": "foldrunner.errors",
@@ -33,16 +33,16 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .api import RunOptions, run
-    from .context import FoldContext
-    from .errors import (
+    from foldrunner.orchestrate.api import RunOptions, run
+    from foldrunner.child.context import FoldContext
+    from foldrunner.errors import (
         FoldrunnerError, InterruptedRun, PreflightError, RunDirError, RunLockedError,
         SpecError, UsageError,
     )
-    from .outcome import Status
-    from .plan import build_plan
-    from .results import load_results, summarize
-    from .spec import Spec, load_spec
+    from foldrunner.wire.outcome import Status
+    from foldrunner.config.plan import build_plan
+    from foldrunner.store.results import load_results, summarize
+    from foldrunner.config.spec import Spec, load_spec
 
 
 def __getattr__(name: str) -> Any:

@@ -1,6 +1,6 @@
 """``python -m foldrunner``: the same program as the ``foldrunner`` command."""
 
-from .cli import main
+from foldrunner.ui.cli import main
 
 if __name__ == "__main__":
     main()

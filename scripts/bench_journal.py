@@ -20,11 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from foldrunner.journal import Journal  # noqa: E402
-from foldrunner.outcome import AttemptResult, Status  # noqa: E402
-from foldrunner.plan import build_plan  # noqa: E402
-from foldrunner.results import build_table  # noqa: E402
-from foldrunner.spec import load_spec  # noqa: E402
+from foldrunner.store.journal import Journal  # noqa: E402
+from foldrunner.wire.outcome import AttemptResult, Status  # noqa: E402
+from foldrunner.config.plan import build_plan  # noqa: E402
+from foldrunner.store.results import build_table  # noqa: E402
+from foldrunner.config.spec import load_spec  # noqa: E402
 
 
 def make_plan(n_folds: int, tmp: Path):

@@ -184,7 +184,7 @@ class Round:
 
     def live_roots(self) -> set[tuple[str, int]]:
         """The attempts whose fold process (the journal's pid) is alive right now."""
-        from foldrunner import proctree
+        from foldrunner.procs import proctree
 
         rows = journal_query(self.run_dir, "SELECT fold_id, attempt, pid FROM attempts "
                              "WHERE status = 'running'") or []
@@ -193,7 +193,7 @@ class Round:
     def of_ended_attempts(self, pids: list[int]) -> set[int]:
         """The pids whose marker names an attempt whose fold process had already ended
         when the orchestrator was killed (journaled as ended, or its process gone)."""
-        from foldrunner import proctree
+        from foldrunner.procs import proctree
 
         out = set()
         for pid in pids:

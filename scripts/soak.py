@@ -50,7 +50,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from foldrunner import proctree  # noqa: E402 - after the path above
+from foldrunner.procs import proctree  # noqa: E402 - after the path above
 
 TAG_ENV = "FOLDRUNNER_HARNESS_TAG"  # in the spec's env: every fold process (and its children) carries it
 MiB = 1024 * 1024
@@ -160,7 +160,7 @@ def record_alive(rec: dict) -> bool:
 
 
 def zombie_children(pid: int) -> list[int]:
-    from foldrunner import proctree
+    from foldrunner.procs import proctree
 
     return [c for c in proctree.child_pids(pid) if (stat_of(c) or ("?",))[0] == "Z"]
 

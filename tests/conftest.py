@@ -2,25 +2,43 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import psutil
 import pytest
 
-from foldrunner import proctree
+from foldrunner.procs import proctree
 
 HERE = Path(__file__).parent
 FOLDS = HERE / "folds"
+
+# Every process this test session starts inherits this tag (folds keep the orchestrator's
+# environment), so the leak check below sees this session's processes only, not those of
+# another test run on the same machine.
+SESSION_KEY = "FOLDRUNNER_TEST_SESSION"
+SESSION_TAG = os.environ.setdefault(SESSION_KEY, uuid.uuid4().hex)
+
+
+def _in_session(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f"{SESSION_KEY}={SESSION_TAG}".encode() in f.read().split(b"\0")
+    except OSError:
+        return False
 
 
 def surviving_fold_processes() -> list[psutil.Process]:
     """Live processes carrying a foldrunner marker, started by this test session."""
     out = []
     for p in proctree.marked_processes(""):
+        if not _in_session(p.pid):
+            continue
         try:
             if p.status() != psutil.STATUS_ZOMBIE:
                 out.append(p)

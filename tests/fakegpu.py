@@ -1,6 +1,6 @@
 """A fake GPU inventory at the NVML boundary, for machines without a GPU.
 
-It answers :class:`foldrunner.gpus.Inventory` like NVML would: each GPU's memory and the
+It answers :class:`foldrunner.gpu.inventory.Inventory` like NVML would: each GPU's memory and the
 processes holding memory on it. A process "holds GPU memory" while it is alive and a
 file ``<root>/<gpu>/<pid>`` (holding the bytes) exists, written by the test's folds.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from foldrunner.gpus import GpuInfo, GpuProcess, NoGpus
+from foldrunner.gpu.inventory import GpuInfo, GpuProcess, NoGpus
 
 GiB = 1024**3
 

@@ -4,7 +4,7 @@ import datetime
 
 import pytest
 
-from foldrunner.cli import seconds_until
+from foldrunner.ui.cli import seconds_until
 from foldrunner.errors import UsageError
 
 pytestmark = pytest.mark.timeout(10)

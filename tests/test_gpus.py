@@ -16,7 +16,7 @@ import pytest
 import foldrunner
 from conftest import FOLDS, base_spec
 from fakegpu import GiB, FakeInventory, NoNvml
-from foldrunner.gpus import make_slots
+from foldrunner.gpu.inventory import make_slots
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -149,7 +149,7 @@ def test_the_slot_comes_back_clean(tmp_path):
 
 
 def test_gpus_listing_marks_foldrunner_folds(tmp_path):
-    from foldrunner.gpus import GpuInfo, GpuProcess, describe
+    from foldrunner.gpu.inventory import GpuInfo, GpuProcess, describe
 
     env = {"FOLDRUNNER_FOLD": "abc123/t1-r0-f2/3", "PATH": "/usr/bin:/bin"}
     fold = subprocess.Popen(["sleep", "30"], env=env)
@@ -169,7 +169,7 @@ def test_gpus_listing_marks_foldrunner_folds(tmp_path):
 
 
 def test_gpus_command_lists_gpus_or_says_plainly_there_are_none():
-    from foldrunner.gpus import NoGpus, NvmlInventory
+    from foldrunner.gpu.inventory import NoGpus, NvmlInventory
 
     r = subprocess.run([sys.executable, "-m", "foldrunner", "gpus"], capture_output=True, text=True)
     assert r.returncode == 0

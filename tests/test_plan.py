@@ -1,4 +1,4 @@
-"""Tests of foldrunner.plan: trials (grid, random), folds, ids, order, seeds, the plan hash."""
+"""Tests of foldrunner.config.plan: trials (grid, random), folds, ids, order, seeds, the plan hash."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from foldrunner.plan import Plan, build_plan, fold_id, trials_of
-from foldrunner.spec import Spec, load_spec
+from foldrunner.config.plan import Plan, build_plan, fold_id, trials_of
+from foldrunner.config.spec import Spec, load_spec
 
 pytestmark = pytest.mark.timeout(60)
 

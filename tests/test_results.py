@@ -1,4 +1,4 @@
-"""Tests of foldrunner.results on a real journal: the table, csv/parquet, the summary, render."""
+"""Tests of foldrunner.store.results on a real journal: the table, csv/parquet, the summary, render."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 
 from foldrunner.errors import UsageError
-from foldrunner.journal import Journal
-from foldrunner.outcome import AttemptResult, Status
-from foldrunner.paths import RunPaths
-from foldrunner.plan import Plan, build_plan
-from foldrunner.results import build_table, load_results, render, summarize, write_results
-from foldrunner.spec import load_spec
+from foldrunner.store.journal import Journal
+from foldrunner.wire.outcome import AttemptResult, Status
+from foldrunner.store.paths import RunPaths
+from foldrunner.config.plan import Plan, build_plan
+from foldrunner.store.results import build_table, load_results, render, summarize, write_results
+from foldrunner.config.spec import load_spec
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -17,8 +17,8 @@ import yaml
 import foldrunner
 from conftest import base_spec
 from foldrunner.errors import RunDirError
-from foldrunner.journal import Journal
-from foldrunner.lock import RunLock
+from foldrunner.store.journal import Journal
+from foldrunner.orchestrate.lock import RunLock
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -1,4 +1,4 @@
-"""Tests of foldrunner.spec: the strict YAML loader, the messages, overrides, round trips."""
+"""Tests of foldrunner.config.spec: the strict YAML loader, the messages, overrides, round trips."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from foldrunner.errors import SpecError
-from foldrunner.spec import (RETRYABLE_STATUSES, CVSpec, LimitsSpec, ObjectiveSpec, OutputSpec,
+from foldrunner.config.spec import (RETRYABLE_STATUSES, CVSpec, LimitsSpec, ObjectiveSpec, OutputSpec,
                              RandomSearch, ResourcesSpec, RetrySpec, SearchSpec, Spec,
                              format_duration, load_spec, parse_duration, parse_size)
 

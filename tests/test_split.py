@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from foldrunner.context import FoldContext
+from foldrunner.child.context import FoldContext
 
 pytestmark = pytest.mark.timeout(60)
 

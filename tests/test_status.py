@@ -19,14 +19,14 @@ from rich.console import Console
 
 from conftest import FOLDS, base_spec
 from foldrunner.errors import UsageError
-from foldrunner.gpus import Slot
-from foldrunner.journal import Journal
-from foldrunner.live import LiveView, PlainLines, make_printer
-from foldrunner.outcome import AttemptResult, Status
-from foldrunner.paths import RunPaths
-from foldrunner.plan import Fold, build_plan
-from foldrunner.spec import load_spec
-from foldrunner.status import (clock, fold_log, follow, read_state, resolve_log, run_liveness,
+from foldrunner.gpu.inventory import Slot
+from foldrunner.store.journal import Journal
+from foldrunner.ui.live import LiveView, PlainLines, make_printer
+from foldrunner.wire.outcome import AttemptResult, Status
+from foldrunner.store.paths import RunPaths
+from foldrunner.config.plan import Fold, build_plan
+from foldrunner.config.spec import load_spec
+from foldrunner.ui.status import (clock, fold_log, follow, read_state, resolve_log, run_liveness,
                                run_status)
 
 pytestmark = pytest.mark.timeout(60)
@@ -466,7 +466,7 @@ def test_make_printer(monkeypatch, tty, term_name, expected):
 
 def test_make_printer_on_a_pipe_prints_plain_lines():
     r = subprocess.run(
-        [sys.executable, "-c", "from foldrunner.live import make_printer; print(type(make_printer()).__name__)"],
+        [sys.executable, "-c", "from foldrunner.ui.live import make_printer; print(type(make_printer()).__name__)"],
         capture_output=True, text=True, timeout=30, env={**os.environ, "TERM": "xterm"},
     )
     assert r.stdout.strip() == "PlainLines"

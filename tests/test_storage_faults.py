@@ -278,12 +278,12 @@ def test_unwritable_run_dir_before_the_start(tmp_path, fault):
 # -- the pieces, in process ---------------------------------------------------------------
 def test_journal_writes_and_results_on_a_full_disk(tmp_path):
     from foldrunner.errors import StorageError
-    from foldrunner.journal import Journal
-    from foldrunner.outcome import AttemptResult, Status
-    from foldrunner.paths import RunPaths
-    from foldrunner.plan import build_plan
-    from foldrunner.results import build_table, write_results
-    from foldrunner.spec import load_spec
+    from foldrunner.store.journal import Journal
+    from foldrunner.wire.outcome import AttemptResult, Status
+    from foldrunner.store.paths import RunPaths
+    from foldrunner.config.plan import build_plan
+    from foldrunner.store.results import build_table, write_results
+    from foldrunner.config.spec import load_spec
 
     plan = build_plan(load_spec(base_spec(tmp_path, cv={"folds": 3})))
     with tmpfs(tmp_path / "disk", "2m") as disk:

@@ -78,7 +78,7 @@ def test_keyword_overrides_and_results_files(tmp_path):
 def test_sigkill_is_memory_when_the_kernels_oom_count_rose(tmp_path, monkeypatch):
     """The kernel's OOM accounting is read from /proc/vmstat and the cgroup's memory.events;
     here it is made to rise while the fold runs (we cannot OOM the test machine safely)."""
-    from foldrunner import watchdog
+    from foldrunner.gpu import watch as watchdog
 
     counts = iter(range(0, 1000, 5))
     monkeypatch.setattr(watchdog.OomCounter, "read", lambda self: next(counts))

@@ -11,9 +11,9 @@ import time
 import psutil
 import pytest
 
-from foldrunner import proctree
-from foldrunner.launcher import server_pids
-from foldrunner.terminate import Terminator, end_now
+from foldrunner.procs import proctree
+from foldrunner.launch.launcher import server_pids
+from foldrunner.procs.terminate import Terminator, end_now
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -142,7 +142,7 @@ def test_a_tree_being_ended_adopts_its_escapees_by_marker(subreaper):
                          capture_output=True, text=True, timeout=30)
     esc = int(out.stdout)
     time.sleep(0.3)
-    from foldrunner.child import MARKER_ENV
+    from foldrunner.child.entry import MARKER_ENV
 
     # the marker is the one the escapee's environment carries (MARK here, by design of
     # the test: the Ending matches on the fold marker variable)

@@ -19,7 +19,7 @@ import pytest
 
 import foldrunner
 from conftest import FOLDS, base_spec, journal_rows, start_run, surviving_fold_processes
-from foldrunner import proctree
+from foldrunner.procs import proctree
 
 pytestmark = pytest.mark.timeout(120)
 COLUMNS = "fold_id, attempt, status, error"
@@ -259,11 +259,11 @@ def test_resume_ends_the_orphans_of_a_dead_orchestrator_by_group(tmp_path):
 
 # -- 8. spare and zygote faults are local ---------------------------------------------
 def test_a_spare_that_died_before_its_handover_gives_the_fold_to_another(tmp_path):
-    from foldrunner.child import ChildTask, SpareInit
-    from foldrunner.launcher import server_pids, start_spare
-    from foldrunner.paths import RunPaths
-    from foldrunner.spares import Spare, SparePool
-    from foldrunner.terminate import Terminator
+    from foldrunner.child.entry import ChildTask, SpareInit
+    from foldrunner.launch.launcher import server_pids, start_spare
+    from foldrunner.store.paths import RunPaths
+    from foldrunner.launch.spares import Spare, SparePool
+    from foldrunner.procs.terminate import Terminator
 
     paths = RunPaths(tmp_path / "run")
     paths.make()

@@ -22,9 +22,9 @@ import pytest
 
 import foldrunner
 from conftest import base_spec
-from foldrunner.child import encode_frame, read_messages
-from foldrunner.context import FoldContext
-from foldrunner.outcome import ChildOutcome, Status
+from foldrunner.child.entry import encode_frame, read_messages
+from foldrunner.child.context import FoldContext
+from foldrunner.wire.outcome import ChildOutcome, Status
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -99,7 +99,7 @@ def test_truncated_frame_is_bad_at_end_of_file():
 
 
 def test_oversize_header_is_bad_at_once_and_the_rest_is_ignored():
-    from foldrunner.wire import MAX_FRAME_SIZE
+    from foldrunner.wire.messages import MAX_FRAME_SIZE
 
     assert MAX_FRAME_SIZE == 64 * 1024 * 1024
     r, w = os.pipe()
@@ -154,7 +154,7 @@ def test_a_fold_that_never_stops_writing_does_not_hold_the_reader():
 
 
 def test_a_frame_just_over_the_limit_is_refused_while_writing_in_the_child():
-    from foldrunner import wire
+    from foldrunner.wire import messages as wire
 
     big = ChildOutcome(status=Status.OK, metrics={"blob": "x" * (wire.MAX_FRAME_SIZE + 10)})
     with pytest.raises(wire.FrameTooLarge, match="limit"):
@@ -229,7 +229,7 @@ def test_os_system_is_refused_and_never_called(tmp_path):
 
 def test_a_pickle_cannot_change_the_orchestrators_status_members():
     # Status('ok'), then BUILD {'_value_': 'hacked'}: would rewrite the shared Status.OK
-    payload = (b"\x80\x02cfoldrunner.outcome\nStatus\nX\x02\x00\x00\x00ok\x85R"
+    payload = (b"\x80\x02cfoldrunner.wire.outcome\nStatus\nX\x02\x00\x00\x00ok\x85R"
                b"}X\x07\x00\x00\x00_value_X\x06\x00\x00\x00hackeds"
                b"b.")
     try:
@@ -242,7 +242,7 @@ def test_a_pickle_cannot_change_the_orchestrators_status_members():
 
 # ---------------------------------------------------------------- what is good stays good
 def test_valid_messages_round_trip():
-    from foldrunner.wire import MAX_FRAME_SIZE
+    from foldrunner.wire.messages import MAX_FRAME_SIZE
 
     metrics = {"nan": math.nan, "inf": math.inf, "ninf": -math.inf, "yes": True, "no": False,
                "none": None, "s": "text", "big": 10**30, "blob": "x" * 3_000_000}

@@ -52,7 +52,7 @@ def test_a_preload_the_zygote_cannot_import_is_reported(tmp_path):
 def test_a_refused_resume_leaves_no_zygote_behind(tmp_path):
     import psutil
 
-    from foldrunner import launcher
+    from foldrunner.launch import launcher
     from foldrunner.errors import RunDirError
 
     foldrunner.run(zspec(tmp_path))
@@ -62,4 +62,4 @@ def test_a_refused_resume_leaves_no_zygote_behind(tmp_path):
         foldrunner.run(changed, resume=True)
     assert launcher._ZYGOTES == []
     kids = [" ".join(p.cmdline()) for p in psutil.Process().children()]
-    assert not any("foldrunner.zygote" in k for k in kids), kids
+    assert not any("foldrunner.launch.zygote" in k for k in kids), kids

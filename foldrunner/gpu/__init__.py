@@ -1,0 +1,1 @@
+"""GPUs: the NVML inventory, slots and their drain, the GPU memory watch."""

@@ -1,0 +1,202 @@
+"""The results table (one row per fold: its final attempt) and the per-trial summary."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from foldrunner.errors import StorageError, UsageError, storage_error
+from foldrunner.store.journal import Journal
+from foldrunner.store.paths import PUBLIC, RunPaths
+from foldrunner.store.paths import atomic_write as atomic_write  # re-exported: spec.yaml is written with it
+
+log = logging.getLogger("foldrunner")
+
+#: the columns every results table has, in this order (then param_*, metric_*, extras)
+CORE_COLUMNS = [
+    "trial", "replicate", "fold", "fold_id", "seed", "status", "attempts", "duration_s",
+    "gpu", "peak_rss_mb", "peak_gpu_mb", "error",
+]
+EXTRA_COLUMNS = ["exit_code", "signal", "lingered", "started_at", "ended_at", "log"]
+FORMATS = ("table", "csv", "json", "markdown")
+
+
+def build_table(journal: Journal) -> pd.DataFrame:
+    """One row per fold that has an attempt: its final attempt, in plan order."""
+    return _table(journal.folds(), journal.attempts())
+
+
+def _table(folds: Sequence[sqlite3.Row], attempts: Sequence[sqlite3.Row]) -> pd.DataFrame:
+    last: dict[str, sqlite3.Row] = {}
+    for att in attempts:  # ordered by fold_id, attempt: the last one wins
+        last[att["fold_id"]] = att
+    rows: list[dict[str, Any]] = []
+    params_seen: dict[str, None] = {}
+    metrics_seen: dict[str, None] = {}
+    for f in folds:
+        a = last.get(f["fold_id"])
+        if a is None:
+            continue
+        params = json.loads(f["params"])
+        metrics = json.loads(a["metrics"] or "{}")
+        params_seen.update(dict.fromkeys(params))
+        metrics_seen.update(dict.fromkeys(metrics))
+        row: dict[str, Any] = {
+            "trial": f["trial"], "replicate": f["replicate"], "fold": f["fold"],
+            "fold_id": f["fold_id"], "seed": f["seed"], "status": a["status"],
+            "attempts": a["attempt"], "duration_s": a["duration_s"], "gpu": a["gpu"],
+            "peak_rss_mb": a["peak_rss_mb"], "peak_gpu_mb": a["peak_gpu_mb"],
+            "error": a["error"] or "",
+            "exit_code": a["exit_code"], "signal": a["signal"],
+            "lingered": bool(a["lingered"]), "started_at": a["started_at"],
+            "ended_at": a["ended_at"], "log": a["log_path"],
+        }
+        row.update({f"param_{k}": _cell(v) for k, v in params.items()})
+        row.update({f"metric_{k}": v for k, v in metrics.items()})
+        rows.append(row)
+    columns = (
+        CORE_COLUMNS
+        + [f"param_{k}" for k in params_seen]
+        + [f"metric_{k}" for k in metrics_seen]
+        + EXTRA_COLUMNS
+    )
+    df = pd.DataFrame(rows, columns=columns)
+    for col in ("gpu", "exit_code"):
+        df[col] = df[col].astype("Int64")
+    for col in ("duration_s", "peak_rss_mb", "peak_gpu_mb"):  # all None would make them object
+        df[col] = df[col].astype("float64")
+    return df
+
+
+def _cell(v: Any) -> Any:
+    """Parameters that are lists or mappings become their JSON text in the table."""
+    return json.dumps(v) if isinstance(v, (list, dict)) else v
+
+
+#: parquet files already warned about (once each, until one is written again)
+_PARQUET_WARNED: set[Path] = set()
+
+
+def write_results(df: pd.DataFrame, paths: RunPaths) -> list[Path]:
+    """Write ``results.csv`` (and ``results.parquet`` where pyarrow is installed), atomically.
+
+    The csv is always written. Values that change type within a column (a number in one
+    fold, ``"n/a"`` in another) go to the parquet file as text; ``df`` itself is left as
+    it is. Should the parquet file still fail for a reason other than the disk (a
+    ``StorageError`` is raised, like the csv's), it is skipped with one warning, and a stale
+    one is removed: it never disagrees with the csv.
+    """
+    written = [_write_file(paths.results_csv, lambda p: df.to_csv(p, index=False))]
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return written
+    table = parquet_safe(df)
+    try:
+        written.append(_write_file(
+            paths.results_parquet, lambda p: table.to_parquet(p, index=False)))
+    except StorageError:  # the disk or the directory: an error of the run dir, as for the csv
+        raise
+    except Exception as exc:  # noqa: BLE001 - any other failure costs the parquet file only
+        _skip_parquet(paths.results_parquet, exc)
+    else:
+        _PARQUET_WARNED.discard(paths.results_parquet)
+    return written
+
+
+def _write_file(target: Path, write: Callable[[Path], object]) -> Path:
+    """``atomic_write(target, write, PUBLIC)``; an OSError (a full disk, a read-only run
+    dir) is a StorageError that names ``target``."""
+    try:
+        return atomic_write(target, write, PUBLIC)
+    except OSError as exc:
+        raise storage_error("the results file", target, exc) from exc
+
+
+def _skip_parquet(path: Path, exc: Exception) -> None:
+    """Remove a stale ``path``; say once why it is not written."""
+    path.unlink(missing_ok=True)
+    if path in _PARQUET_WARNED:
+        return
+    _PARQUET_WARNED.add(path)
+    log.warning("%s not written (the results are in results.csv): %s: %s",
+                path, type(exc).__name__, exc)
+
+
+def parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with each object column that pyarrow cannot convert as it is (mixed types)
+    turned to text, missing values kept missing; a shallow copy, ``df`` is unchanged."""
+    import pyarrow as pa
+
+    text: dict[str, Any] = {}
+    for name in df.columns[df.dtypes == object]:
+        try:
+            pa.array(df[name], from_pandas=True)
+        except Exception:  # noqa: BLE001 - whatever pyarrow refuses goes as text
+            text[str(name)] = df[name].map(_text)
+    return df.assign(**text) if text else df
+
+
+def _text(value: Any) -> str | None:
+    """A cell as text; None for a missing value."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return str(value)
+
+
+def load_results(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """The results table of a run directory, read from its journal (live runs too)."""
+    with Journal(RunPaths(Path(run_dir)).require_journal(), readonly=True) as journal:
+        return build_table(journal)
+
+
+def summarize(df: pd.DataFrame, metric: str | None = None, mode: str = "max") -> pd.DataFrame:
+    """One row per trial: its params, ok/failed counts, mean and std of each metric.
+
+    Means and stds are over the trial's ``ok`` folds (all replicates). Ranked by
+    ``metric`` (``mode`` max or min) when given, trials without it last.
+    """
+    params = [c for c in df.columns if c.startswith("param_")]
+    metrics = [
+        c for c in df.columns if c.startswith("metric_") and pd.api.types.is_numeric_dtype(df[c])
+    ]
+    rows = []
+    for trial, g in df.groupby("trial", sort=True):
+        ok = g[g["status"] == "ok"]
+        row: dict[str, Any] = {"trial": trial}
+        row.update({p: g[p].iloc[0] for p in params})
+        row["folds_ok"] = int(len(ok))
+        row["folds_failed"] = int(len(g) - len(ok))
+        for m in metrics:
+            name = m[len("metric_") :]
+            row[f"{name}_mean"] = ok[m].mean() if len(ok) else float("nan")
+            row[f"{name}_std"] = ok[m].std(ddof=1) if len(ok) > 1 else float("nan")
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if metric and f"{metric}_mean" in out.columns:
+        out = out.sort_values(
+            f"{metric}_mean", ascending=(mode == "min"), na_position="last", kind="stable"
+        )
+        out.insert(0, "rank", range(1, len(out) + 1))
+    return out.reset_index(drop=True)
+
+
+def render(df: pd.DataFrame, fmt: str) -> str:
+    """The table as text: ``table`` (aligned), ``csv``, ``json`` (records) or ``markdown``."""
+    if fmt == "csv":
+        return str(df.to_csv(index=False))
+    if fmt == "json":
+        return str(df.to_json(orient="records", indent=2))
+    if fmt == "markdown":
+        return str(df.to_markdown(index=False, floatfmt=".4g"))
+    if fmt == "table":
+        return str(df.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    raise UsageError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")

@@ -1,0 +1,1 @@
+"""What users see: the click CLI, the live view, status, logs, formatting."""
