@@ -32,7 +32,8 @@ from foldrunner.child.entry import ChildTask, read_messages
 from foldrunner.errors import StorageError
 from foldrunner.store.journal import Journal
 from foldrunner.launch.launcher import Child, server_pids, start_child
-from foldrunner.wire.outcome import AttemptResult, ChildOutcome, Status, Timing
+from foldrunner.wire.outcome import AttemptResult, ChildOutcome, Status
+from foldrunner.defaults import Timing
 from foldrunner.store.paths import RunPaths
 from foldrunner.config.plan import Fold
 from foldrunner.gpu.inventory import Inventory, Slot
@@ -517,13 +518,13 @@ class Supervisor:
         if not r.via_spare or r.started_msg or r.outcome is not None or r.ending:
             return False
         self._journal(self.journal.forget_attempt, r.fold.fold_id, r.attempt)
-        self.spares.died_in_handover(r.slot.index, _describe_exit(code))
+        self.spares.died_in_handover(r.slot.index, proctree.describe_exit(code))
         self.pending.appendleft(_Pending(r.fold, r.attempt, used=r.used - 1))
         return True
 
     def _classify(self, r: _Running, code: int | None) -> tuple[Status, str, str, dict[str, Any], str]:
         """``(status, error, traceback, metrics, note)`` of an ended attempt."""
-        how = _describe_exit(code)
+        how = proctree.describe_exit(code)
         log = f"see {r.log_path}"
         out = r.outcome
         notes = []
@@ -676,12 +677,4 @@ class Supervisor:
             if r.child.pid in self.running:
                 self._finish(r)
         self.spares.close_all()
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "ended"
-    if code < 0:
-        return f"killed by {proctree.signal_name(-code)}"
-    return f"exited with code {code}"
 

@@ -10,7 +10,8 @@ import psutil
 
 from foldrunner.procs import proctree
 from foldrunner.gpu.inventory import Drain, Slot
-from foldrunner.wire.outcome import Status, Timing
+from foldrunner.wire.outcome import Status
+from foldrunner.defaults import Timing
 from foldrunner.procs.terminate import Terminator
 from foldrunner.gpu.watch import GpuWatch
 

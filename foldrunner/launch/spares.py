@@ -124,8 +124,7 @@ class SparePool:
         self.by_slot.pop(spare.slot, None)
         spare.child.process.join(SPARE_EXIT_WAIT)
         code = spare.child.process.exitcode
-        how = (f"killed by {proctree.signal_name(-code)}" if code is not None and code < 0
-               else f"exited with code {code}")
+        how = proctree.describe_exit(code)
         self._end(spare, 0.0)  # anything it started
         self._close(spare)
         self._count_death(spare, how)

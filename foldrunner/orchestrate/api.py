@@ -29,7 +29,8 @@ from foldrunner.gpu.inventory import Inventory, NvmlInventory, Slot, make_slots
 from foldrunner.store.journal import Journal, journal_storage_error
 from foldrunner.orchestrate.lock import RunLock
 from foldrunner.launch.launcher import ZygoteError, start_child, start_zygote, stop_zygote
-from foldrunner.wire.outcome import AttemptResult, ChildOutcome, Status, Timing
+from foldrunner.wire.outcome import AttemptResult, ChildOutcome, Status
+from foldrunner.defaults import Timing
 from foldrunner.store.paths import RunPaths
 from foldrunner.config.plan import Fold, Plan, build_plan
 from foldrunner.store.results import atomic_write, build_table, write_results
@@ -203,7 +204,7 @@ def preflight(spec: Spec, paths: RunPaths, entry_blob: bytes | None, start_metho
             f"{where}: importing it took longer than {Timing.PREFLIGHT_TIMEOUT:g}s; see {log_path}"
         )
     if outcome is None:
-        how = f"killed by {proctree.signal_name(-code)}" if code and code < 0 else f"exited with code {code}"
+        how = proctree.describe_exit(code)
         raise PreflightError(f"{where}: the process importing it {how}; see {log_path}")
     if outcome.status is not Status.OK:
         tail = outcome.traceback.strip().splitlines()[-6:]

@@ -188,3 +188,13 @@ def signal_name(code: int) -> str:
         return signal.Signals(code).name
     except ValueError:
         return f"signal {code}"
+
+
+def describe_exit(code: int | None) -> str:
+    """How a process ended, from its exit code as multiprocess gives it: ``exited with
+    code 3``, ``killed by SIGSEGV`` (a negative code), ``ended`` (not known)."""
+    if code is None:
+        return "ended"
+    if code < 0:
+        return f"killed by {signal_name(-code)}"
+    return f"exited with code {code}"

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from foldrunner.procs import proctree
-from foldrunner.wire.outcome import Timing
+from foldrunner.defaults import Timing
 
 log = logging.getLogger("foldrunner")
 

@@ -36,26 +36,6 @@ class Status(str, enum.Enum):
 RETRYABLE = (Status.TIMEOUT, Status.CRASHED, Status.MEMORY, Status.ERROR)
 
 
-class Timing:
-    """Named timings of the supervisor. Every deadline is taken from ``time.monotonic()``."""
-
-    SAMPLE_INTERVAL = 0.25
-    """Seconds between two memory samples of a running fold's process tree."""
-    FIRST_SAMPLE_DELAY = 0.05
-    """A fold's tree is first sampled this long after it starts (short folds never are)."""
-    REAP_WAIT = 2.0
-    """Seconds to wait for a SIGKILLed process to be gone before reporting it as stuck."""
-    RESULTS_FLUSH_INTERVAL = 2.0
-    """``results.csv`` is rewritten at most this often while folds finish (and at the end)."""
-    PREFLIGHT_TIMEOUT = 300.0
-    """The preflight import of the entry point must finish within this many seconds."""
-    STRAY_GRACE = 5.0
-    """Default grace of a process that came back to us and no fold owns any more (the
-    supervisor gives such processes the spec's ``limits.grace``)."""
-    BACKOFF_JITTER = 0.25
-    """Retry backoff is multiplied by a random factor in ``[1 - j, 1 + j]``."""
-
-
 @dataclass
 class ChildOutcome:
     """What the child sends when its entry point has finished (the child never raises).
