@@ -29,7 +29,7 @@ class Defaults:
 
 
 class Timing:
-    """Named timings of the supervisor. Every deadline is taken from ``time.monotonic()``."""
+    """Named timings of the engine. Every deadline is taken from ``time.monotonic()``."""
 
     SAMPLE_INTERVAL = 0.25
     """Seconds between two memory samples of a running fold's process tree."""
@@ -43,6 +43,6 @@ class Timing:
     """The preflight import of the entry point must finish within this many seconds."""
     STRAY_GRACE = 5.0
     """Default grace of a process that came back to us and no fold owns any more (the
-    supervisor gives such processes the spec's ``limits.grace``)."""
+    scheduler gives such processes the spec's ``limits.grace``)."""
     BACKOFF_JITTER = 0.25
     """Retry backoff is multiplied by a random factor in ``[1 - j, 1 + j]``."""

@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import errno
 
+# The command line's exit codes. Each error below carries its own as ``exit_code`` (usage
+# 2, a locked run dir 75, interrupted 130); a run that ends by itself exits with these two.
+EXIT_OK = 0
+"""Every fold of the run ended ``ok``."""
+EXIT_FAILED = 1
+"""Some fold failed after its retries, or never ran (the deadline passed)."""
+
 
 class FoldrunnerError(Exception):
     """Root of every error foldrunner raises on purpose."""
 
     #: exit code of the command line when this error ends a command
-    exit_code: int = 1
+    exit_code: int = EXIT_FAILED
 
 
 class UsageError(FoldrunnerError):
@@ -71,7 +78,7 @@ class StorageError(FoldrunnerError, OSError):
     ``OSError`` too, as the failed writes of the results files always were.
     """
 
-    exit_code = 1
+    exit_code = EXIT_FAILED
 
     def __init__(self, what: str, path: object, reason: str) -> None:
         self.what, self.path, self.reason = what, str(path), reason

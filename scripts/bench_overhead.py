@@ -144,7 +144,7 @@ def main() -> int:
     try:
         import ray  # noqa: F401
     except ImportError:
-        print("ray[tune] is not installed: no Ray comparison (pip install 'foldrunner[ray]')")
+        print("ray[tune] is not installed: no Ray comparison (pip install 'ray[tune]')")
         return 0
     m = args.ray_folds
     tune_s = ray_tune(m, args.workers)

@@ -153,6 +153,13 @@ def test_run_results_summary_formats(tmp_path):
     assert again.returncode == 2 and "--resume" in again.stderr
 
 
+def test_the_format_option_offers_every_format_of_render():
+    from foldrunner.store.results import FORMATS
+    from foldrunner.ui.cli import FORMATS as CLI_FORMATS
+
+    assert tuple(CLI_FORMATS) == FORMATS
+
+
 def test_failed_fold_exit_1_then_resume_runs_only_it(tmp_path):
     spec = write_spec(tmp_path, GOOD.replace("    lr: [0.1, 0.01]", "    lr: [0.1]"))
     run_dir = tmp_path / "run"

@@ -1,6 +1,6 @@
 """The crash matrix: one misbehaving fold per case, each mapped to its exact outcome.
 
-Every case runs through the real supervisor, with real processes, under both start
+Every case runs through the real engine, with real processes, under both start
 methods; after each, no process of the fold survives (checked here for the fold's
 grandchildren and by the autouse fixture for every marked process).
 """

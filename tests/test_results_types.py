@@ -88,7 +88,7 @@ def test_a_parquet_that_cannot_be_written_is_skipped_with_one_warning(
     monkeypatch.setattr(pd.DataFrame, "to_parquet", refuse)
     caplog.set_level(logging.WARNING, logger="foldrunner")
     # a flush after every fold: the warning must still come once
-    monkeypatch.setattr("foldrunner.orchestrate.api.Timing.RESULTS_FLUSH_INTERVAL", 0.0)
+    monkeypatch.setattr("foldrunner.defaults.Timing.RESULTS_FLUSH_INTERVAL", 0.0)
     df = foldrunner.run(base_spec(tmp_path, entrypoint="mixed:train", cv={"folds": 4}))
     assert list(df["status"]) == ["ok"] * 4
     assert list(read_csv(run_dir)["fold_id"]) == list(df["fold_id"])

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from foldrunner.errors import SpecError
-from foldrunner.config.spec import (RETRYABLE_STATUSES, CVSpec, LimitsSpec, ObjectiveSpec, OutputSpec,
-                             RandomSearch, ResourcesSpec, RetrySpec, SearchSpec, Spec,
-                             format_duration, load_spec, parse_duration, parse_size)
+from foldrunner.config.fields import RETRYABLE_STATUSES
+from foldrunner.config.spec import (CVSpec, LimitsSpec, ObjectiveSpec, OutputSpec, RandomSearch,
+                                    ResourcesSpec, RetrySpec, SearchSpec, Spec, load_spec)
+from foldrunner.config.units import format_duration, parse_duration, parse_size
 
 pytestmark = pytest.mark.timeout(30)
 

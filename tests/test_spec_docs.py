@@ -20,7 +20,8 @@ from pydantic import BaseModel, TypeAdapter, create_model
 from pydantic.fields import FieldInfo
 
 from foldrunner.errors import SpecError
-from foldrunner.config.spec import LimitsSpec, Spec, format_duration, load_spec, parse_duration, parse_size
+from foldrunner.config.spec import LimitsSpec, Spec, load_spec
+from foldrunner.config.units import format_duration, parse_duration, parse_size
 from foldrunner.config.yamlload import parse_yaml
 
 pytestmark = pytest.mark.timeout(30)

@@ -18,6 +18,7 @@ import pytest
 from rich.console import Console
 
 from conftest import FOLDS, base_spec
+from foldrunner.engine.events import AttemptStart
 from foldrunner.errors import UsageError
 from foldrunner.gpu.inventory import Slot
 from foldrunner.store.journal import Journal
@@ -26,8 +27,9 @@ from foldrunner.wire.outcome import AttemptResult, Status
 from foldrunner.store.paths import RunPaths
 from foldrunner.config.plan import Fold, build_plan
 from foldrunner.config.spec import load_spec
-from foldrunner.ui.status import (clock, fold_log, follow, read_state, resolve_log, run_liveness,
-                               run_status)
+from foldrunner.ui.format import clock
+from foldrunner.ui.logs import fold_log, follow, resolve_log
+from foldrunner.ui.status import read_state, run_liveness, run_status
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -334,6 +336,11 @@ def fold(i: int) -> Fold:
     return Fold(index=i, trial=0, replicate=0, fold=i, folds=4, seed=0, params={"lr": 0.1})
 
 
+def started(f: Fold, attempt: int, slot: Slot) -> AttemptStart:
+    return AttemptStart(fold=f, attempt=attempt, slot=slot, pid=0, pid_started_at=None,
+                        started_at=time.time(), log_path="")
+
+
 def ended(i: int, status: Status, attempt: int = 1, **kw) -> AttemptResult:
     return AttemptResult(fold_id=fold(i).fold_id, attempt=attempt, status=status, started_at=0.0,
                          ended_at=1.0, duration_s=1.5, **kw)
@@ -352,12 +359,12 @@ def test_live_view_shows_running_folds_counts_and_keeps_the_last_frame():
     console, buf = term()
     view = LiveView(console)
     with view.start(4):
-        view.attempt_started(fold(0), 1, Slot(0, gpu=1))
-        view.attempt_started(fold(1), 1, Slot(1, gpu=None))
-        view.attempt_started(fold(2), 1, Slot(2, gpu=0))
-        view.report(fold(0), 1, {"epoch": 2, "loss": 0.123456})
+        view.attempt_started(started(fold(0), 1, Slot(0, gpu=1)))
+        view.attempt_started(started(fold(1), 1, Slot(1, gpu=None)))
+        view.attempt_started(started(fold(2), 1, Slot(2, gpu=0)))
+        view.report(fold(0), 1, {"epoch": 2, "loss": 0.123456}, time.time())
         view.attempt_ended(fold(2), ended(2, Status.TIMEOUT, gpu=0, error="timed out after 5s"), final=False)
-        view.attempt_started(fold(2), 2, Slot(2, gpu=0))
+        view.attempt_started(started(fold(2), 2, Slot(2, gpu=0)))
         view.attempt_ended(fold(2), ended(2, Status.OK, attempt=2, metrics={"acc": 0.9}), final=True)
         view.attempt_ended(fold(3), ended(3, Status.CRASHED, error="killed by SIGSEGV"), final=True)
         view.note("GPU 1 [2 folds] taken out")
@@ -385,7 +392,7 @@ def test_live_view_eta_and_the_summary_after_stop():
     console, buf = term()
     view = LiveView(console).start(4, already_ok=1)
     try:
-        view.attempt_started(fold(0), 1, Slot(0))
+        view.attempt_started(started(fold(0), 1, Slot(0)))
         view.attempt_ended(fold(0), ended(0, Status.OK), final=True)
     finally:
         view.stop()
@@ -405,8 +412,8 @@ def test_live_view_redraws_at_most_four_times_a_second():
         t0 = time.monotonic()
         i = 0
         while time.monotonic() - t0 < 1.0:
-            view.attempt_started(fold(i), 1, Slot(0))
-            view.report(fold(i), 1, {"step": i})
+            view.attempt_started(started(fold(i), 1, Slot(0)))
+            view.report(fold(i), 1, {"step": i}, time.time())
             i += 1
             time.sleep(0.001)
         frames = buf.getvalue().count("/1000 folds")
@@ -418,7 +425,7 @@ def test_live_view_lists_no_more_rows_than_the_terminal_has():
     console, buf = term(height=12)
     with LiveView(console).start(50) as view:
         for i in range(30):
-            view.attempt_started(fold(i), 1, Slot(i))
+            view.attempt_started(started(fold(i), 1, Slot(i)))
     last = plain(buf.getvalue()).split("0/50 folds")[-1]
     assert len([ln for ln in last.splitlines() if ln.startswith("t0-")]) == 6
     assert "... and 24 more running" in last
@@ -436,8 +443,8 @@ def test_live_view_never_raises_on_a_broken_stdout():
     saved = sys.stdout, sys.stderr
     view = LiveView(Console(file=Broken(), force_terminal=True, width=80))
     view.start(2)
-    view.attempt_started(fold(0), 1, Slot(0))
-    view.report(fold(0), 1, {"loss": 1.0})
+    view.attempt_started(started(fold(0), 1, Slot(0)))
+    view.report(fold(0), 1, {"loss": 1.0}, time.time())
     view.attempt_ended(fold(0), ended(0, Status.ERROR, error="x"), final=True)
     view.note("hello")
     view.table("t")

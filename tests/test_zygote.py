@@ -52,14 +52,14 @@ def test_a_preload_the_zygote_cannot_import_is_reported(tmp_path):
 def test_a_refused_resume_leaves_no_zygote_behind(tmp_path):
     import psutil
 
-    from foldrunner.launch import launcher
     from foldrunner.errors import RunDirError
+    from foldrunner.launch import forkserver
 
     foldrunner.run(zspec(tmp_path))
     changed = zspec(tmp_path)
     changed["cv"] = {"folds": 7}
     with pytest.raises(RunDirError, match="differs from the journal"):
         foldrunner.run(changed, resume=True)
-    assert launcher._ZYGOTES == []
+    assert forkserver.ZYGOTES == []
     kids = [" ".join(p.cmdline()) for p in psutil.Process().children()]
-    assert not any("foldrunner.launch.zygote" in k for k in kids), kids
+    assert not any("foldrunner.launch.zygoteinit" in k for k in kids), kids

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from foldrunner.wire import messages as wire
+from foldrunner.wire.messages import FoldMessage, Plain, Report
 
 SPLIT_KINDS = ("kfold", "stratified", "group")
 
@@ -40,10 +40,10 @@ class FoldContext:
     run_dir: Path
     fold_id: str
     log_path: Path
-    _send: Callable[[Any], None] | None = field(default=None, repr=False)
+    _send: Callable[[FoldMessage], None] | None = field(default=None, repr=False)
 
     def report(self, **metrics: Any) -> None:
-        """Send intermediate metrics (a heartbeat) to the supervisor.
+        """Send intermediate metrics (a heartbeat) to the orchestrator.
 
         The latest report of each running fold is shown by ``foldrunner status`` and
         the live view. Values should be numbers or strings; whatever they are, they are
@@ -52,7 +52,7 @@ class FoldContext:
         """
         clean = {str(k): report_value(v) for k, v in metrics.items()}
         if self._send is not None:
-            self._send(wire.report(clean, time.time()))
+            self._send(Report(clean, time.time()))
 
     def split(
         self,
@@ -117,7 +117,7 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def report_value(v: Any) -> wire.Plain:
+def report_value(v: Any) -> Plain:
     """One ``ctx.report`` value as a plain ``int``, ``float``, ``str``, ``bool`` or None.
 
     Numbers, text, bools and None stay (subclasses become their plain type); numpy

@@ -17,12 +17,14 @@ from pathlib import Path
 
 import psutil
 
-from foldrunner.procs import proctree
-from foldrunner.child.entry import ChildTask, SpareInit, encode_frame, read_messages
+from foldrunner.child.task import ChildTask, SpareInit
 from foldrunner.gpu.inventory import Slot
 from foldrunner.launch.launcher import Child, start_spare
-from foldrunner.store.paths import RunPaths
+from foldrunner.procs import proctree
 from foldrunner.procs.terminate import Terminator
+from foldrunner.store.paths import RunPaths
+from foldrunner.wire.framing import encode_frame, read_messages, write_all
+from foldrunner.wire.messages import PreloadError, Ready
 
 SPARE_DEATHS_TO_GIVE_UP = 3
 """After this many spares in a row die before their fold comes, spares are switched off."""
@@ -109,14 +111,16 @@ class SparePool:
         return {s.child.pid for s in self.by_slot.values()} | {s.child.pid for s, _ in self.retiring}
 
     def on_readable(self, spare: Spare) -> None:
+        """What a waiting spare said: that it is ready, or which preload it could not import
+        (anything else a spare says before its fold is ignored: it is not a fold's yet)."""
         messages, spare.eof = read_messages(spare.child.fd, spare.buf)
         for m in messages:
-            if m[0] == "ready":
+            if isinstance(m, Ready):
                 spare.ready_at = time.monotonic()
                 self.deaths_in_a_row = 0
-            elif m[0] == "preload_error" and m[1] not in self.preload_errors:
-                self.preload_errors.add(m[1])
-                self.notes(f"preload: cannot import {m[1]!r} in a spare: {m[2]} "
+            elif isinstance(m, PreloadError) and m.module not in self.preload_errors:
+                self.preload_errors.add(m.module)
+                self.notes(f"preload: cannot import {m.module!r} in a spare: {m.error} "
                            f"(see {spare.log_path}); folds import what they need themselves")
 
     def on_death(self, spare: Spare) -> None:
@@ -163,10 +167,7 @@ class SparePool:
         elsewhere; the dead spare is ended and counted).
         """
         try:
-            data = memoryview(encode_frame(task))
-            while data:
-                n = os.write(spare.task_fd, data)
-                data = data[n:]
+            write_all(spare.task_fd, encode_frame(task))
             return True
         except OSError as exc:  # BrokenPipeError: it died after its last poll
             self._end(spare, 0.0)

@@ -1,100 +1,63 @@
-"""The zygote (opt-in, ``resources.zygote: true``): a fold server that has imported the
-spec's ``preload`` modules (e.g. TensorFlow) and forks each fold from that state.
-
-Forking a process that has *run* TensorFlow hangs its children (its thread pools do not
-survive a fork). A process that has only *imported* TensorFlow forks safely; this server
-imports and never runs anything else. To make sure, it counts its own threads once its
-imports are done and checks the count again before every fork: should it ever grow
-(something started a thread pool), the server refuses that fork and every later one,
-the supervisor starts folds from the plain fold server from then on, and the folds the
-zygote forked before run on untouched (the server stays up, reporting their exits).
-
-This module does its work only when imported by that server, which finds its
-configuration in ``FOLDRUNNER_ZYGOTE``. The fork server of Python 3.11 ignores an
-``ImportError`` in its preload list and does not use the parent's ``sys.path`` for it,
-so the imports are done here, with the parent's path, and their failure is reported
-through the status file.
+"""The orchestrator's side of the zygote (opt-in, ``resources.zygote: true``): a fork
+server of one run's own that imports the spec's ``preload`` modules once and forks each
+fold from that state. What the zygote does in its own process is
+:mod:`foldrunner.launch.zygoteinit`.
 """
 
 from __future__ import annotations
 
-import errno
-import importlib
 import json
 import os
 import sys
-import traceback
+import time
 from pathlib import Path
 
-ENV = "FOLDRUNNER_ZYGOTE"
+from foldrunner.errors import FoldrunnerError
+from foldrunner.launch.forkserver import ZYGOTE_PRELOAD, ZYGOTES, FoldServer
+from foldrunner.launch.zygoteinit import ENV
+
+ZYGOTE_START_TIMEOUT = 300.0
+"""Seconds the zygote may take to import its preloads before it is given up."""
 
 
-def thread_count() -> int:
-    """This process's OS threads (Python's and native ones), from /proc."""
-    with open("/proc/self/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"Threads:"):
-                return int(line.split()[1])
-    return -1  # pragma: no cover - not Linux
+class ZygoteError(FoldrunnerError):
+    """The zygote could not be started; the message says why."""
 
 
-def _write(status: Path, text: str) -> None:
-    """Replace the status file whole, never writing through a symlink planted in the run dir."""
-    from foldrunner.store.paths import PUBLIC, atomic_write
+def start_zygote(preload: list[str], workdir: str, env: dict[str, str], status: Path) -> FoldServer:
+    """Start a zygote for one run: it sets ``env``, imports ``preload``, then forks folds.
 
-    atomic_write(status, lambda tmp: tmp.write_text(text), PUBLIC)
-
-
-def _refuse_request() -> None:
-    """Refuse the fork request being served, and only it: close the pipes it brought
-    (the asking orchestrator then reads end of file and starts the fold elsewhere) and
-    raise the one error ``multiprocess``'s server loop survives. The server goes on
-    serving nothing new but keeps reporting the exits of the folds it forked before.
-
-    The request's pipes are locals of the server loop (``multiprocess.forkserver.main``),
-    the frame that called ``os.fork``.
+    ``status`` is the file where it says ``ready: ...`` or ``error: ...``. Its
+    configuration goes through this process's environment (:data:`ENV`), set only while
+    the server starts: ``multiprocess`` hands a fork server nothing else.
     """
-    frame = sys._getframe(2)
-    names = frame.f_locals
-    for fd in (names.get("child_r"), names.get("child_w"), *(names.get("fds") or ())):
-        if isinstance(fd, int):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-    raise ConnectionAbortedError(errno.ECONNABORTED, "the zygote refuses to fork")
-
-
-def _serve() -> None:
-    cfg = json.loads(os.environ.pop(ENV))
-    status = Path(cfg["status"])
-    os.environ.update(cfg.get("env", {}))  # e.g. TF_CPP_MIN_LOG_LEVEL, thread counts: before imports
-    sys.path[:0] = [p for p in cfg["sys_path"] if p not in sys.path]
+    server = FoldServer(ZYGOTE_PRELOAD)
+    status.unlink(missing_ok=True)
+    cfg = {"preload": list(preload), "sys_path": [workdir, *sys.path], "status": str(status),
+           "env": dict(env)}
+    os.environ[ENV] = json.dumps(cfg)
     try:
-        importlib.import_module("foldrunner.child.entry")
-        for name in cfg["preload"]:
-            importlib.import_module(name)
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent, then exit
-        _write(status, "error: cannot import the preloads: "
-               + "".join(traceback.format_exception_only(exc)).strip())
-        os._exit(3)
-    baseline = thread_count()
-    real_fork = os.fork
-
-    def checked_fork() -> int:
-        now = thread_count()
-        if now > baseline:
-            _write(status, f"error: refused to fork: the server's threads went from {baseline} "
-                   f"to {now} after its imports (something ran in it)")
-            _refuse_request()
-        pid = real_fork()
-        if pid == 0:
-            os.fork = real_fork  # the fold's own forks are its own business
-        return pid
-
-    os.fork = checked_fork
-    _write(status, f"ready: {baseline} threads after importing {cfg['preload']}")
+        server.ensure_running()
+    finally:
+        del os.environ[ENV]
+    ZYGOTES.append(server)
+    pid = server.pid
+    assert pid is not None
+    deadline = time.monotonic() + ZYGOTE_START_TIMEOUT
+    while True:
+        text = status.read_text() if status.exists() else ""
+        if text.startswith("ready"):
+            return server
+        if text.startswith("error") or os.waitpid(pid, os.WNOHANG)[0] or time.monotonic() > deadline:
+            stop_zygote(server)
+            raise ZygoteError(
+                text or f"the zygote did not finish importing {preload} in {ZYGOTE_START_TIMEOUT:g}s"
+            )
+        time.sleep(0.05)
 
 
-if os.environ.get(ENV):
-    _serve()
+def stop_zygote(server: FoldServer, wait: float = 5.0) -> None:
+    """End a zygote: it exits once its last fold has; SIGKILL if it lingers; reap it."""
+    server.stop(wait)
+    if server in ZYGOTES:
+        ZYGOTES.remove(server)

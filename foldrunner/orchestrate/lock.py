@@ -11,9 +11,11 @@ import errno
 import fcntl
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from foldrunner.errors import RunDirError, RunLockedError
+from foldrunner.errors import RunDirError, RunLockedError, storage_error
 from foldrunner.store.paths import NOFOLLOW, symlink_error
 
 
@@ -71,3 +73,20 @@ class RunLock:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
+
+@contextmanager
+def run_lock(path: Path) -> Iterator[None]:
+    """``RunLock(path)``: a lock file that cannot be written is a StorageError; its
+    release never hides the error that ends the run (the kernel drops the lock anyway)."""
+    lock = RunLock(path)
+    try:
+        lock.acquire()
+    except OSError as exc:
+        raise storage_error("the lock file", path, exc) from exc
+    try:
+        yield
+    finally:
+        try:
+            lock.release()
+        except OSError:  # a read-only run dir: the lock goes with its file descriptor
+            pass

@@ -3,7 +3,7 @@
 A fold's process takes its own session, so its process group holds every descendant
 that did not call ``setsid``. Descendants that did are found as the root's children
 (psutil), and by the marker every descendant inherits in its environment
-(:data:`foldrunner.child.entry.MARKER_ENV`). The orchestrator is a child subreaper: what a
+(:data:`foldrunner.child.task.MARKER_ENV`). The orchestrator is a child subreaper: what a
 fold leaves behind when it dies comes back to the orchestrator, and is found among its
 own children. Only those processes are ever reaped (``waitpid`` by pid, never ``-1``).
 """
@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 
 import psutil
 
-from foldrunner.child.entry import MARKER_ENV
+from foldrunner.child.task import MARKER_ENV
 
 _PR_SET_CHILD_SUBREAPER = 36
 _PR_GET_CHILD_SUBREAPER = 37

@@ -10,12 +10,12 @@ the preflight child and the shutdown all end processes the same way::
     -> reap the ones that are our children (by pid, never ``waitpid(-1)``)
     -> done when no member and no process of the group is left
 
-:class:`Terminator` does it without blocking (the supervisor's loop calls
+:class:`Terminator` does it without blocking (the scheduler's loop calls
 :meth:`Terminator.poll`); :func:`end_now` does it to completion for callers that can
 wait. The orchestrator is a child subreaper: processes that escaped a fold (``setsid``,
 double forks) come back to it when their parents die, and :meth:`Terminator.sweep`
-traces each to the fold it came from (its marker, group or session) or ends it, so
-nothing escapes, and reaps the zombies among them.
+ends each as the reaper (:mod:`foldrunner.procs.reaper`) traces it: with the fold it came
+from (its marker, group or session) or as a stray, so nothing escapes.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from foldrunner.procs import proctree
 from foldrunner.defaults import Timing
+from foldrunner.procs import proctree
+from foldrunner.procs.reaper import Reaper
 
 log = logging.getLogger("foldrunner")
 
@@ -79,12 +80,18 @@ class Terminator:
     def __init__(self, own_children: Callable[[], set[int]] = set, strays: bool = True,
                  stray_grace: float = Timing.STRAY_GRACE) -> None:
         self.own_children = own_children
-        """Pids of this process's children that are not to be swept (servers, folds)."""
-        self.strays = strays
+        """Pids of this process's children that are not to be swept or reaped (servers,
+        folds' roots: their owners wait for them)."""
+        self.reaper = Reaper(own_children, strays)
+        """Finds what came back to us; ``strays``: whether children of ours that no tree
+        owns are ended (the orchestrator's loop)."""
         self.stray_grace = stray_grace
-        """Whether children of ours that no tree owns are ended (the orchestrator's loop)."""
         self.entries: dict[object, Ending] = {}
-        self.my_sid = os.getsid(0)
+
+    def keep(self, own_children: Callable[[], set[int]]) -> None:
+        """From now on, ``own_children()`` names the children no sweep may take (the
+        owner of the loop knows them only once it exists: its folds, servers, spares)."""
+        self.own_children = self.reaper.own_children = own_children
 
     def __bool__(self) -> bool:
         return bool(self.entries)
@@ -167,39 +174,19 @@ class Terminator:
                 del self.entries[e.key]
 
     def sweep(self, now: float | None = None) -> list[int]:
-        """Trace every child of ours that is not ours to keep; end or reap it.
-
-        A child of ours that no tree owns and that lives in another session than ours
-        came back from a fold (every fold runs in a session of its own): it is ended
-        with the default grace. Zombies among them are reaped. Returns the pids taken.
-        """
-        own = self.own_children()
+        """End what came back to us (:class:`~foldrunner.procs.reaper.Reaper`): a child of
+        ours that a tree owns joins it; one that no tree owns came back from a fold and
+        is ended as a stray, with the stray grace. Returns the pids taken."""
         taken: list[int] = []
-        for pid in proctree.child_pids():
-            if pid in own or any(pid in e.procs for e in self.entries.values()):
-                continue
-            ids = proctree.stat_ids(pid)
-            if ids is None:
-                continue
-            state, pgid, sid = ids
-            owner = next((e for e in self.entries.values() if e.owns(pid)), None)
-            if owner is None and (not self.strays or sid == self.my_sid):
-                continue  # not a fold's, or started by this process itself (the caller's)
-            if state == "Z":
-                proctree.reap(pid)  # a fold's escapee that ended on its own
-                continue
-            try:
-                p = psutil.Process(pid)
-            except psutil.NoSuchProcess:
-                continue
+        for p, pgid, owner in self.reaper.returned(self.entries):
             if owner is not None:
                 proctree.send(owner.add([p]), owner.signal)
             else:
-                marker = proctree.read_marker(pid)
-                self.end(("stray", pid), procs=[p], pgids=[pgid] if pgid == pid else [],
+                marker = proctree.read_marker(p.pid)
+                self.end(("stray", p.pid), procs=[p], pgids=[pgid] if pgid == p.pid else [],
                          marker=None, grace=self.stray_grace, now=now,
-                         label=f"process {pid} left by {marker or 'a fold'}")
-            taken.append(pid)
+                         label=f"process {p.pid} left by {marker or 'a fold'}")
+            taken.append(p.pid)
         return taken
 
     @staticmethod

@@ -15,8 +15,7 @@ import pandas as pd
 
 from foldrunner.errors import StorageError, UsageError, storage_error
 from foldrunner.store.journal import Journal
-from foldrunner.store.paths import PUBLIC, RunPaths
-from foldrunner.store.paths import atomic_write as atomic_write  # re-exported: spec.yaml is written with it
+from foldrunner.store.paths import PUBLIC, RunPaths, atomic_write
 
 log = logging.getLogger("foldrunner")
 

@@ -17,9 +17,12 @@ from typing import Any, NoReturn
 
 import click
 
-from foldrunner.errors import FoldrunnerError, UsageError, storage_error
+from foldrunner.errors import (EXIT_FAILED, EXIT_OK, FoldrunnerError, InterruptedRun, UsageError,
+                               storage_error)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 75, 130
+FORMATS = ["table", "csv", "json", "markdown"]
+"""``--format``: those of :func:`foldrunner.store.results.render` (not imported here, which
+would import pandas for every command)."""
 
 
 def _fail(exc: FoldrunnerError) -> NoReturn:
@@ -43,7 +46,7 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
             _fail(storage_error("a file", exc.filename or "of the run directory", exc))
         except KeyboardInterrupt:  # before the run's own signal handling (e.g. preflight)
             click.echo("foldrunner: interrupted before any fold started", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+            sys.exit(InterruptedRun.exit_code)
 
     return wrapper
 
@@ -66,7 +69,7 @@ def _gpus_option(value: str | None) -> list[int] | str | None:
 def seconds_until(text: str, now: datetime.datetime | None = None) -> float:
     """``--deadline``: a duration (``6h``, ``1h30m``) or an absolute local time
     (``06:00``: the next such time; ``2026-11-24T06:00``)."""
-    from foldrunner.config.spec import parse_duration
+    from foldrunner.config.units import parse_duration
 
     try:
         return parse_duration(text)
@@ -139,7 +142,7 @@ def run_cmd(spec: str, overrides: tuple[str, ...], run_dir: str | None, resume: 
 @main.command("plan")
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "markdown"]), default="table")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table")
 @_guard
 def plan_cmd(spec: str, overrides: tuple[str, ...], fmt: str) -> None:
     """Validate SPEC and list its folds; launch nothing."""
@@ -168,7 +171,7 @@ def plan_cmd(spec: str, overrides: tuple[str, ...], fmt: str) -> None:
 @main.command("results")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--summary", is_flag=True, help="One row per trial, ranked by the objective.")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "markdown"]), default="table")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table")
 @_guard
 def results_cmd(run_dir: str, summary: bool, fmt: str) -> None:
     """Print the results table of RUN_DIR."""
@@ -184,16 +187,11 @@ def results_cmd(run_dir: str, summary: bool, fmt: str) -> None:
 
 
 def _objective(run_dir: Path) -> tuple[str | None, str]:
-    from foldrunner.config.spec import load_spec
+    """``(metric, mode)`` of the run's objective; ``(None, "max")`` without one."""
+    from foldrunner.ui.status import run_spec
 
-    spec_path = run_dir / "spec.yaml"
-    if not spec_path.exists():
-        return None, "max"
-    try:
-        s = load_spec(spec_path)
-    except FoldrunnerError:
-        return None, "max"
-    if s.objective is None:
+    s = run_spec(run_dir)
+    if s is None or s.objective is None:
         return None, "max"
     return s.objective.metric, s.objective.mode
 
@@ -236,7 +234,7 @@ def logs_cmd(run_dir: str, fold: str, attempt: int | None, follow_: bool) -> Non
     """Print the captured stdout and stderr of FOLD (e.g. t0-r0-f1)."""
     import os
 
-    from foldrunner.ui.status import attempt_watch, follow, resolve_log
+    from foldrunner.ui.logs import attempt_watch, follow, resolve_log
 
     number, path = resolve_log(run_dir, fold, attempt)
     try:

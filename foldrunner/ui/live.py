@@ -24,10 +24,10 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from foldrunner.gpu.inventory import Slot
+from foldrunner.engine.events import AttemptStart, Events
 from foldrunner.wire.outcome import AttemptResult, Status
 from foldrunner.config.plan import Fold
-from foldrunner.ui.status import clock, format_report
+from foldrunner.ui.format import clock, dash, ended_line, format_report, summary_line
 
 log = logging.getLogger("foldrunner")
 
@@ -46,46 +46,15 @@ _STYLES = {
 }
 
 
-def _fmt_metrics(metrics: dict[str, Any], limit: int = 4) -> str:
-    parts = []
-    for k, v in list(metrics.items())[:limit]:
-        parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
-    return " ".join(parts)
-
-
-def _ended_line(fold: Fold, result: AttemptResult, final: bool) -> str:
-    """The line of one ended attempt: its status, duration, GPU, metrics or error."""
-    gpu = "" if result.gpu is None else f" gpu {result.gpu}"
-    head = f"{fold.fold_id} attempt {result.attempt}: {result.status.value} in {result.duration_s:.1f}s{gpu}"
-    if result.status is Status.OK:
-        return f"{head}  {_fmt_metrics(result.metrics)}".rstrip()
-    tail = "" if final else "; will retry"
-    return f"{head}: {result.error}{tail}"
-
-
-def summary_line(df: pd.DataFrame) -> str:
-    """``done: N folds: 3 ok, 1 error; results in RUN_DIR``."""
-    counts = df["status"].value_counts().to_dict() if len(df) else {}
-    planned = int(df.attrs.get("planned", len(df)))
-    parts = [f"{n} {s}" for s, n in sorted(counts.items())]
-    missing = planned - len(df)
-    if missing > 0:
-        parts.append(f"{missing} not started")
-    where = df.attrs.get("run_dir")
-    tail = f"; results in {where}" if where else ""
-    return f"done: {planned} folds: " + ", ".join(parts) + tail
-
-
-class PlainLines:
+class PlainLines(Events):
     """Prints one line per ended attempt to ``stream`` (default: stdout).
 
-    ``start``, ``stop`` and ``report`` do nothing: they let ``run`` drive a
-    :class:`PlainLines` and a :class:`LiveView` the same way.
+    A subscriber of the run's events like :class:`LiveView`; ``start`` and ``stop`` do
+    nothing, so that the CLI drives both the same way.
     """
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream
-        self.finished = 0
         self.broken = False
 
     def _out(self) -> TextIO:
@@ -116,16 +85,8 @@ class PlainLines:
     def note(self, text: str) -> None:
         self._print(f"foldrunner: {text}", err=True)
 
-    def attempt_started(self, fold: Fold, attempt: int, slot: Slot) -> None:
-        pass
-
-    def report(self, fold: Fold, attempt: int, metrics: dict[str, Any]) -> None:
-        pass
-
     def attempt_ended(self, fold: Fold, result: AttemptResult, final: bool) -> None:
-        if result.status is Status.OK:
-            self.finished += 1
-        self._print(_ended_line(fold, result, final))
+        self._print(ended_line(fold, result, final))
 
     def table(self, text: str) -> None:
         self._print(text)
@@ -145,7 +106,7 @@ class _Flight:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-class LiveView:
+class LiveView(Events):
     """The live progress of a run on a terminal, drawn with ``rich``.
 
     A progress bar with the ETA, the counts by final status, and one line per running
@@ -271,12 +232,16 @@ class LiveView:
     def note(self, text: str) -> None:
         self._print(f"foldrunner: {text}", style="yellow")
 
-    def attempt_started(self, fold: Fold, attempt: int, slot: Slot) -> None:
+    def run_started(self, total: int, already_ok: int) -> None:
+        self.start(total, already_ok)
+
+    def attempt_started(self, start: AttemptStart) -> None:
         with self._lock:
-            self._flights[(fold.fold_id, attempt)] = _Flight(fold, attempt, slot.gpu, time.monotonic())
+            self._flights[(start.fold.fold_id, start.attempt)] = _Flight(
+                start.fold, start.attempt, start.slot.gpu, time.monotonic())
         self._dirty.set()
 
-    def report(self, fold: Fold, attempt: int, metrics: dict[str, Any]) -> None:
+    def report(self, fold: Fold, attempt: int, metrics: dict[str, Any], at: float) -> None:
         """The latest ``ctx.report(...)`` of a running attempt."""
         with self._lock:
             flight = self._flights.get((fold.fold_id, attempt))
@@ -294,7 +259,7 @@ class LiveView:
         self._dirty.set()
         if result.status is not Status.OK:
             style = _STYLES.get(result.status, "red") if final else "yellow"
-            self._print(_ended_line(fold, result, final), style=style)
+            self._print(ended_line(fold, result, final), style=style)
 
     def table(self, text: str) -> None:
         self._print(text, soft_wrap=True)
@@ -352,7 +317,7 @@ class LiveView:
         table.add_column("report", no_wrap=True, overflow="ellipsis", ratio=1)
         for f in shown:
             table.add_row(
-                f.fold.fold_id, str(f.attempt), "-" if f.gpu is None else str(f.gpu),
+                f.fold.fold_id, str(f.attempt), dash(f.gpu),
                 clock(now - f.started), Text(format_report(f.report) or "-"),
             )
         if len(shown) < len(flights):

@@ -1,66 +1,40 @@
-"""``foldrunner status`` and ``foldrunner logs``: a run directory read from outside.
+"""``foldrunner status``: the state of a run directory, read from outside.
 
 Everything here reads, nothing writes: the journal is opened read-only (a WAL reader
 never blocks the orchestrator that writes it), so it works while the run is live, from
 another terminal. Whether the run is live comes from the pid that the orchestrator
 writes into ``RUN_DIR/run.lock`` while it holds the lock (see :mod:`foldrunner.orchestrate.lock`).
+The logs of its attempts are read by :mod:`foldrunner.ui.logs`.
 """
 
 from __future__ import annotations
 
-import codecs
-import difflib
 import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from foldrunner.errors import FoldrunnerError, UsageError
+from foldrunner.errors import FoldrunnerError
 from foldrunner.store.journal import Journal
-from foldrunner.wire.outcome import Status
 from foldrunner.store.paths import RunPaths
+from foldrunner.ui.format import clock, dash, format_report, ordered_counts
+from foldrunner.wire.outcome import Status
 
-LOG_POLL_INTERVAL = 0.2
-"""Seconds :func:`follow` waits, at the end of a log, before it reads again."""
-LOG_CHUNK = 64 * 1024
-"""Bytes :func:`follow` reads at a time."""
+if TYPE_CHECKING:
+    from foldrunner.config.spec import Spec
+
 LOCK_CLOCK_SLACK = 2.0
 """A process created more than this many seconds after ``run.lock`` was last written is not
 the one that wrote it: its pid was reused after the orchestrator died."""
-REPORT_ITEMS = 8
-"""Values of a report that ``status`` shows (the first ones, in the order reported)."""
-
-#: the order in which ``status`` lists its counts
-COUNT_ORDER = ("ok", "running", "retrying", "error", "timeout", "crashed", "memory",
-               "cancelled", "interrupted", "pending")
 
 PathLike = str | os.PathLike[str]
-
-
-# -- small formatters (shared with the live view) ------------------------------------
-def clock(seconds: float) -> str:
-    """``7 -> "0:07"``, ``182 -> "3:02"``, ``3902 -> "1:05:02"``."""
-    s = max(0, int(seconds))
-    h, rest = divmod(s, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def format_report(report: Mapping[str, Any], limit: int = REPORT_ITEMS) -> str:
-    """``epoch=3 loss=0.1234``: floats to 4 significant digits, the first ``limit`` items."""
-    parts = []
-    for k, v in list(report.items())[:limit]:
-        parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
-    if len(report) > limit:
-        parts.append(f"(+{len(report) - limit} more)")
-    return " ".join(parts)
 
 
 # -- is the run live? ----------------------------------------------------------------
@@ -134,7 +108,7 @@ class RunState:
 
 
 @contextmanager
-def _reading(paths: RunPaths) -> Iterator[Journal]:
+def reading(paths: RunPaths) -> Iterator[Journal]:
     """The journal, read-only, inside one read transaction (a consistent snapshot)."""
     paths.require_journal()
     try:
@@ -150,13 +124,21 @@ def _reading(paths: RunPaths) -> Iterator[Journal]:
         journal.close()
 
 
-def _retry_policy(paths: RunPaths) -> tuple[int, frozenset[str]] | None:
-    """``(attempts, statuses retried)`` from the run's resolved spec, or None if unreadable."""
+def run_spec(run_dir: PathLike) -> Spec | None:
+    """The run's resolved spec (``RUN_DIR/spec.yaml``), or None where it is missing or
+    cannot be read."""
     from foldrunner.config.spec import load_spec
 
     try:
-        spec = load_spec(paths.spec)
+        return load_spec(RunPaths(Path(run_dir)).spec)
     except (FoldrunnerError, OSError):
+        return None
+
+
+def _retry_policy(run_dir: Path) -> tuple[int, frozenset[str]] | None:
+    """``(attempts, statuses retried)`` from the run's resolved spec, or None if unreadable."""
+    spec = run_spec(run_dir)
+    if spec is None:
         return None
     return spec.retry.attempts, frozenset(spec.retry.on)
 
@@ -170,12 +152,12 @@ def read_state(run_dir: PathLike) -> RunState:
     """
     paths = RunPaths(Path(run_dir))
     liveness = run_liveness(paths.root)
-    with _reading(paths) as journal:
+    with reading(paths) as journal:
         meta = journal.meta()
         folds = journal.folds()
         attempts = journal.attempts()
     read_at = time.time()
-    policy = _retry_policy(paths) if liveness.live else None
+    policy = _retry_policy(paths.root) if liveness.live else None
     latest: dict[str, sqlite3.Row] = {}
     for row in attempts:  # ordered by fold_id, attempt: the last one wins
         latest[row["fold_id"]] = row
@@ -223,9 +205,7 @@ def render_state(state: RunState) -> str:
         f"run {state.name or '?'} in {state.root}",
         f"state: {'live' if lv.live else 'not live'} ({lv.why})",
     ]
-    ordered = sorted(state.counts.items(), key=lambda kv: (
-        COUNT_ORDER.index(kv[0]) if kv[0] in COUNT_ORDER else len(COUNT_ORDER), kv[0]))
-    listed = ", ".join(f"{n} {key}" for key, n in ordered if n)
+    listed = ", ".join(f"{n} {key}" for key, n in ordered_counts(state.counts) if n)
     lines.append(f"folds: {state.total} in all" + (f": {listed}" if listed else ""))
     if not state.running:
         if lv.live:
@@ -241,8 +221,8 @@ def render_state(state: RunState) -> str:
         if r.report_at is not None and r.report:
             report += f" ({clock(state.read_at - r.report_at)} ago)"
         rows.append([
-            r.fold_id, str(r.attempt), "-" if r.gpu is None else str(r.gpu),
-            "-" if r.pid is None else str(r.pid), clock(state.read_at - r.started_at), report,
+            r.fold_id, str(r.attempt), dash(r.gpu), dash(r.pid),
+            clock(state.read_at - r.started_at), report,
         ])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
@@ -254,116 +234,3 @@ def render_state(state: RunState) -> str:
 def run_status(run_dir: PathLike) -> str:
     """``foldrunner status RUN_DIR``: counts by status, liveness, the running folds."""
     return render_state(read_state(run_dir))
-
-
-# -- logs ----------------------------------------------------------------------------
-def _listing(names: list[str], limit: int = 12) -> str:
-    if len(names) <= limit:
-        return ", ".join(names)
-    return ", ".join(names[: limit - 3]) + ", ..., " + ", ".join(names[-2:]) + f" ({len(names)} in all)"
-
-
-def resolve_log(run_dir: PathLike, fold_id: str, attempt: int | None = None) -> tuple[int, Path]:
-    """``(attempt, path)`` of the log of one attempt of a fold (default: its latest).
-
-    Raises :class:`UsageError`, listing the valid ones, for an unknown fold or attempt,
-    and for a fold that has not started. The path may not exist yet (an attempt that has
-    just started).
-    """
-    paths = RunPaths(Path(run_dir))
-    with _reading(paths) as journal:
-        fold_ids = [r["fold_id"] for r in journal.folds()]
-        rows = list(journal.db.execute(
-            "SELECT attempt, log_path FROM attempts WHERE fold_id = ? ORDER BY attempt", (fold_id,)
-        ))
-    if fold_id not in fold_ids:
-        close = difflib.get_close_matches(fold_id, fold_ids, n=1) if len(fold_ids) > 12 else []
-        hint = f"; did you mean {close[0]}?" if close else ""
-        what = f"its folds are {_listing(fold_ids)}" if fold_ids else "it has no folds"
-        raise UsageError(f"no fold {fold_id!r} in {paths.root}: {what}{hint}")
-    if not rows:
-        raise UsageError(f"fold {fold_id} has not started yet: it has no attempt and no log")
-    numbers = [int(r["attempt"]) for r in rows]
-    if attempt is None:
-        attempt = numbers[-1]
-    elif attempt not in numbers:
-        raise UsageError(
-            f"fold {fold_id} has no attempt {attempt}: its attempts are "
-            f"{', '.join(map(str, numbers))}"
-        )
-    path = paths.log(fold_id, attempt)
-    stored = Path(rows[numbers.index(attempt)]["log_path"] or "")
-    if not path.exists() and stored.is_absolute() and stored.exists():
-        path = stored  # a run dir whose logs were written elsewhere (an older layout)
-    return attempt, path
-
-
-def fold_log(run_dir: PathLike, fold_id: str, attempt: int | None = None) -> Path:
-    """The log (captured stdout and stderr) of one attempt of a fold: the latest by default."""
-    return resolve_log(run_dir, fold_id, attempt)[1]
-
-
-@contextmanager
-def attempt_watch(run_dir: PathLike, fold_id: str, attempt: int) -> Iterator[Callable[[], bool]]:
-    """A predicate for :func:`follow`: true once the attempt is no longer running in the
-    journal, or its run is no longer live (an attempt an orchestrator left behind)."""
-    paths = RunPaths(Path(run_dir))
-    paths.require_journal()
-    journal = Journal(paths.journal, readonly=True)
-
-    def ended() -> bool:
-        try:
-            row = journal.db.execute(
-                "SELECT status FROM attempts WHERE fold_id = ? AND attempt = ?", (fold_id, attempt)
-            ).fetchone()
-        except sqlite3.Error:
-            return True
-        if row is None or row["status"] != Status.RUNNING.value:
-            return True
-        return not run_liveness(paths.root).live
-
-    try:
-        yield ended
-    finally:
-        journal.close()
-
-
-def follow(path: Path, stop: Callable[[], bool], *, poll: float = LOG_POLL_INTERVAL) -> Iterator[str]:
-    """Yield the text of ``path`` from its start and as it grows (``tail -f``), until
-    ``stop()`` is true and everything written before that has been read.
-
-    Waits for a file that does not exist yet; starts again from the top of a file that was
-    truncated. Bytes that are not UTF-8 come out as U+FFFD.
-    """
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    f = None
-    pos = 0
-    try:
-        while True:
-            done = stop()  # asked before the read: what was written before it is drained
-            if f is None:
-                try:
-                    f = open(path, "rb")  # noqa: SIM115 - closed in finally
-                except FileNotFoundError:
-                    if done:
-                        return
-                    time.sleep(poll)
-                    continue
-            if os.fstat(f.fileno()).st_size < pos:
-                f.seek(0)
-                pos = 0
-                decoder.reset()
-            while chunk := f.read(LOG_CHUNK):
-                pos += len(chunk)
-                text = decoder.decode(chunk)
-                if text:
-                    yield text
-            if done:
-                rest = decoder.decode(b"", final=True)
-                if rest:
-                    yield rest
-                return
-            time.sleep(poll)
-    finally:
-        if f is not None:
-            f.close()

@@ -60,7 +60,7 @@ class ChildOutcome:
 
 @dataclass
 class AttemptResult:
-    """The supervisor's account of one ended attempt: what the journal stores."""
+    """The orchestrator's account of one ended attempt: what the journal stores."""
 
     fold_id: str
     attempt: int

@@ -1,4 +1,4 @@
-"""Entry points for supervisor tests: stalls, lingering threads, memory hogs, slow folds."""
+"""Entry points for engine tests: stalls, lingering threads, memory hogs, slow folds."""
 
 import threading
 import time
@@ -46,7 +46,7 @@ def spawn_and_hang(ctx):
 
 
 def suicide_by_sigkill(ctx):
-    """Dies the way an OOM kill looks from outside: SIGKILL that the supervisor did not send."""
+    """Dies the way an OOM kill looks from outside: SIGKILL that the orchestrator did not send."""
     import os
     import signal
 

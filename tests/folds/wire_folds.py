@@ -1,7 +1,7 @@
 """Entry points that misbehave on the result pipe, chosen by params.case.
 
 Each ``bad_*`` case writes one bad frame straight to the fold's result pipe (the fd of
-``ctx._send``, a ``foldrunner.child.entry._Sender``) and then returns a good result, which the
+``ctx._send``, a ``foldrunner.wire.framing.Sender``) and then returns a good result, which the
 orchestrator must ignore: a fold whose stream went bad is ``crashed``.
 """
 

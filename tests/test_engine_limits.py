@@ -1,4 +1,4 @@
-"""Supervisor behaviour beyond the crash matrix: stalls, lingering, memory, callables."""
+"""Engine behaviour beyond the crash matrix: stalls, lingering, memory, callables."""
 
 from __future__ import annotations
 
@@ -78,10 +78,10 @@ def test_keyword_overrides_and_results_files(tmp_path):
 def test_sigkill_is_memory_when_the_kernels_oom_count_rose(tmp_path, monkeypatch):
     """The kernel's OOM accounting is read from /proc/vmstat and the cgroup's memory.events;
     here it is made to rise while the fold runs (we cannot OOM the test machine safely)."""
-    from foldrunner.gpu import watch as watchdog
+    from foldrunner.procs import memory
 
     counts = iter(range(0, 1000, 5))
-    monkeypatch.setattr(watchdog.OomCounter, "read", lambda self: next(counts))
+    monkeypatch.setattr(memory.OomCounter, "read", lambda self: next(counts))
     spec = base_spec(tmp_path, params={"case": "segv"}, retry={"attempts": 1})
     df = foldrunner.run(spec)  # SIGSEGV: not an OOM kill, whatever the counter says
     assert df.iloc[0]["status"] == "crashed"
