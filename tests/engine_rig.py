@@ -4,6 +4,7 @@ launcher; no orchestrator around them."""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,9 @@ from foldrunner.engine.limits import Limits
 from foldrunner.gpu.inventory import Slot
 from foldrunner.gpu.watch import GpuWatch
 from foldrunner.procs.memory import OomCounter
-from foldrunner.launch.local import LocalLauncher
+from foldrunner.child.task import SpareInit
+from foldrunner.launch.launcher import start_spare
+from foldrunner.launch.local import Launched, LocalLauncher
 from foldrunner.procs.terminate import Terminator
 from foldrunner.store.journal import Journal
 from foldrunner.store.paths import RunPaths
@@ -110,3 +113,19 @@ class Rig:
     def close(self) -> None:
         self.launcher.close()
         self.journal.close()
+
+
+class DyingSpare:
+    """A launcher whose one process is a warm spare that exits before it takes its task
+    (its task pipe is closed unread): the attempt must be withdrawn, not failed."""
+
+    def __init__(self, rig: Rig) -> None:
+        self.rig = rig
+
+    def start(self, task, slot):
+        init = SpareInit(gpu=None, env={}, workdir=task.workdir, preload=[],
+                         log_path=str(self.rig.paths.logs / "spare.log"), marker=task.marker,
+                         grace=1.0)
+        child, task_fd = start_spare(init, "dying spare")
+        os.close(task_fd)  # no task will ever come: the spare exits
+        return Launched(child, via_spare=True)

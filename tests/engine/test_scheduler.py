@@ -9,13 +9,12 @@ import time
 
 import pytest
 
-from engine_rig import FAST, Rig
+from engine_rig import FAST, DyingSpare, Rig
 from foldrunner.engine.limits import Limits
 from foldrunner.engine.scheduler import Scheduler
 from foldrunner.gpu.inventory import Slot
 from foldrunner.launch.local import Launched
 from foldrunner.wire.outcome import Status
-from test_attempt import _DyingSpare
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -119,7 +118,7 @@ class _FirstSpareDies:
     def start(self, task, slot) -> Launched:
         if self.first:
             self.first = False
-            return _DyingSpare(self.r).start(task, slot)
+            return DyingSpare(self.r).start(task, slot)
         return self.r.launcher.start(task, slot)
 
     def __getattr__(self, name):  # keep_warm, waitables, ...: the real launcher's

@@ -259,7 +259,7 @@ def test_resume_ends_the_orphans_of_a_dead_orchestrator_by_group(tmp_path):
 
 # -- 8. spare and zygote faults are local ---------------------------------------------
 def test_a_spare_that_died_before_its_handover_gives_the_fold_to_another(tmp_path):
-    from foldrunner.child.entry import ChildTask, SpareInit
+    from foldrunner.child.task import ChildTask, SpareInit
     from foldrunner.launch.launcher import server_pids, start_spare
     from foldrunner.store.paths import RunPaths
     from foldrunner.launch.spares import Spare, SparePool

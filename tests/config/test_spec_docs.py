@@ -26,7 +26,7 @@ from foldrunner.config.yamlload import parse_yaml
 
 pytestmark = pytest.mark.timeout(30)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "spec.md"
 FOLDS = ROOT / "tests" / "folds"
 KEY_HEADER = re.compile(r"\|\s*key\s*\|\s*type\s*\|\s*default\s*\|\s*meaning\s*\|")

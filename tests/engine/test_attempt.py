@@ -3,21 +3,17 @@ real fold processes, the real terminator, events recorded in order."""
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 from multiprocess.connection import wait
 
-from engine_rig import FAST, Rig
+from engine_rig import FAST, DyingSpare, Rig
 from foldrunner.engine.attempt import Attempt, Watchers
 from foldrunner.engine.limits import Limits
 from foldrunner.gpu.inventory import Slot
 from foldrunner.gpu.watch import GpuWatch
 from foldrunner.procs.memory import OomCounter
-from foldrunner.launch.launcher import start_spare
-from foldrunner.launch.local import Launched
-from foldrunner.child.task import SpareInit
 from foldrunner.procs.proctree import pid_alive
 from foldrunner.wire.outcome import Status
 
@@ -105,22 +101,6 @@ def test_garbage_on_the_pipe_ends_the_fold_as_crashed(rig):
     assert r.events.names() == ["started"]
 
 
-class _DyingSpare:
-    """A launcher whose one process is a warm spare that exits before it takes its task
-    (its task pipe is closed unread): the attempt must be withdrawn, not failed."""
-
-    def __init__(self, rig: Rig) -> None:
-        self.rig = rig
-
-    def start(self, task, slot):
-        init = SpareInit(gpu=None, env={}, workdir=task.workdir, preload=[],
-                         log_path=str(self.rig.paths.logs / "spare.log"), marker=task.marker,
-                         grace=1.0)
-        child, task_fd = start_spare(init, "dying spare")
-        os.close(task_fd)  # no task will ever come: the spare exits
-        return Launched(child, via_spare=True)
-
-
 def test_a_spare_that_dies_before_taking_its_fold_withdraws_the_attempt(rig):
     r = rig(params={"case": "return"})
     f = r.plan.folds[0]
@@ -128,7 +108,7 @@ def test_a_spare_that_dies_before_taking_its_fold_withdraws_the_attempt(rig):
     watchers = Watchers(r.term, GpuWatch(None, print), OomCounter(), r.events)
     log_path = r.paths.log(f.fold_id, 1)
     a = Attempt(f, 1, 1, slot, FAST, watchers, log_path, r.template.marker(f, 1))
-    a.launch(_DyingSpare(r), r.template.task(f, 1, slot, log_path), time.monotonic())
+    a.launch(DyingSpare(r), r.template.task(f, 1, slot, log_path), time.monotonic())
     ended = r.drive(a)
     assert ended.result is None and ended.withdrawn.startswith("exited with code")
     assert not a.started_msg and slot.busy is False

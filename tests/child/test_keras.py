@@ -14,7 +14,7 @@ pytest.importorskip("tensorflow", reason="the tf extra is not installed on this 
 
 pytestmark = pytest.mark.timeout(600)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_keras_example_cross_validates_digits(tmp_path):
