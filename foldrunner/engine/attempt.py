@@ -116,6 +116,7 @@ class Attempt:
         self.started_wall = time.time()
         launched = launcher.start(task, self.slot)
         self.child, self.buf, self.via_spare = launched.child, launched.buf, launched.via_spare
+        self.host = launched.host
         self.started, self.deadline = now, now + self.limits.timeout
         self.next_sample = now + Timing.FIRST_SAMPLE_DELAY
         self.oom_kills_at_start = self.w.oom.read()
@@ -129,6 +130,7 @@ class Attempt:
         self.w.events.attempt_started(AttemptStart(
             fold=self.fold, attempt=self.number, slot=self.slot, pid=self.child.pid,
             pid_started_at=root_started, started_at=self.started_wall, log_path=str(self.log_path),
+            host=self.host,
         ))
 
     @property

@@ -31,6 +31,8 @@ class AttemptStart:
     started_at: float
     """``time.time()`` at the launch."""
     log_path: str
+    host: str
+    """The machine the attempt runs on (its host name)."""
 
 
 class Events:

@@ -9,6 +9,7 @@ zygote stops serving.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,8 @@ class Launched:
     via_spare: bool = False
     """It was a warm spare: until it says it started its task, its death is the spare's
     fault, not the fold's."""
+    host: str = field(default_factory=socket.gethostname)
+    """The machine it runs on."""
 
 
 class LocalLauncher:

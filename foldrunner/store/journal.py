@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     traceback TEXT NOT NULL DEFAULT '', metrics TEXT NOT NULL DEFAULT '{}',
     peak_rss_mb REAL, peak_gpu_mb REAL, lingered INTEGER NOT NULL DEFAULT 0,
     note TEXT NOT NULL DEFAULT '', log_path TEXT NOT NULL DEFAULT '',
-    report TEXT, report_at REAL,
+    report TEXT, report_at REAL, host TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (fold_id, attempt)
 );
 """
@@ -125,7 +125,15 @@ class Journal:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             self.db.executescript(_SCHEMA)
+            self._add_missing_columns()
         self.db.row_factory = sqlite3.Row
+
+    def _add_missing_columns(self) -> None:
+        """A journal written before a column existed gets it (empty) when it is resumed."""
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(attempts)")}
+        if "host" not in have:
+            with self.db:
+                self.db.execute("ALTER TABLE attempts ADD COLUMN host TEXT NOT NULL DEFAULT ''")
 
     # -- lifecycle ---------------------------------------------------------------
     def close(self) -> None:
@@ -184,13 +192,16 @@ class Journal:
         pid_started_at: float | None,
         gpu: int | None,
         log_path: str,
+        host: str = "",
     ) -> None:
-        """Record an attempt as running (so that status and resume can see it)."""
+        """Record an attempt as running (so that status and resume can see it); ``host``
+        is the machine it runs on."""
         with self._tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO attempts (fold_id, attempt, status, started_at, pid,"
-                " pid_started_at, gpu, log_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (fold_id, attempt, Status.RUNNING.value, started_at, pid, pid_started_at, gpu, log_path),
+                " pid_started_at, gpu, log_path, host) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (fold_id, attempt, Status.RUNNING.value, started_at, pid, pid_started_at, gpu,
+                 log_path, host),
             )
 
     def end_attempt(self, r: AttemptResult) -> None:

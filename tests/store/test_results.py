@@ -390,3 +390,27 @@ def test_render_unknown_format_is_a_usage_error(small, fmt):
     with pytest.raises(UsageError) as info:
         render(small, fmt)
     assert str(info.value) == f"unknown format {fmt!r}: use one of table, csv, json, markdown"
+
+
+def test_each_row_names_the_host_of_its_final_attempt(tmp_path):
+    """Contract §5: a ``host`` column. A journal written before it existed gets it, empty,
+    when it is read or resumed."""
+    import socket
+    import sqlite3
+
+    import foldrunner
+    from conftest import base_spec
+
+    spec = base_spec(tmp_path, params={"case": "return"}, cv={"folds": 2})
+    df = foldrunner.run(spec)
+    assert list(df["host"]) == [socket.gethostname()] * 2
+    run_dir = tmp_path / "run"
+    db = sqlite3.connect(run_dir / "journal.sqlite")
+    db.execute("ALTER TABLE attempts DROP COLUMN host")  # as an older foldrunner wrote it
+    db.commit()
+    db.close()
+    assert list(foldrunner.load_results(run_dir)["host"]) == ["", ""]
+    df = foldrunner.run(spec, resume=True)  # nothing to run; the journal gets the column
+    assert list(df["host"]) == ["", ""]
+    assert "host" in [r[1] for r in sqlite3.connect(run_dir / "journal.sqlite").execute(
+        "PRAGMA table_info(attempts)")]

@@ -337,7 +337,7 @@ def fold(i: int) -> Fold:
 
 
 def started(f: Fold, attempt: int, slot: Slot) -> AttemptStart:
-    return AttemptStart(fold=f, attempt=attempt, slot=slot, pid=0, pid_started_at=None,
+    return AttemptStart(fold=f, attempt=attempt, slot=slot, pid=0, pid_started_at=None, host="h",
                         started_at=time.time(), log_path="")
 
 
