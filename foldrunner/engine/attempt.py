@@ -135,7 +135,22 @@ class Attempt:
 
     @property
     def pid(self) -> int:
+        """The root process's pid: the attempt's key while it runs."""
         return int(self.child.pid)
+
+    @property
+    def fd(self) -> int | None:
+        """The result pipe to wait on; None once it is at its end."""
+        return None if self.eof else int(self.child.fd)
+
+    @property
+    def sentinel(self) -> int:
+        """Ready when the root process has exited."""
+        return int(self.child.sentinel)
+
+    def wait_exit(self, timeout: float) -> None:
+        """Wait (bounded) for the root process to have exited."""
+        self.child.process.join(timeout)
 
     def known_pids(self) -> set[int]:
         return {self.child.pid, *self.members}

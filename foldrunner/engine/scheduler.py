@@ -27,6 +27,7 @@ from multiprocess.connection import wait
 from foldrunner.config.plan import Fold
 from foldrunner.defaults import Timing
 from foldrunner.engine.attempt import Attempt, TaskTemplate, Watchers
+from foldrunner.engine.backend import Backend, InFlight
 from foldrunner.engine.events import Events, Fanout
 from foldrunner.engine.limits import Limits
 from foldrunner.errors import StorageError
@@ -34,7 +35,6 @@ from foldrunner.gpu.inventory import Inventory, Slot
 from foldrunner.gpu.slots import GpuSlots
 from foldrunner.gpu.watch import GpuWatch
 from foldrunner.procs.memory import OomCounter
-from foldrunner.launch.local import LocalLauncher
 from foldrunner.procs import proctree
 from foldrunner.procs.terminate import Terminator
 from foldrunner.store.journal import Journal
@@ -61,7 +61,7 @@ class Scheduler:
     """Runs folds, each attempt in a fresh process, within ``slots``."""
 
     def __init__(self, *, journal: Journal, paths: RunPaths, slots: list[Slot], limits: Limits,
-                 template: TaskTemplate, launcher: LocalLauncher, terminator: Terminator,
+                 template: TaskTemplate, launcher: Backend, terminator: Terminator,
                  events: Events | None = None, deadline: float | None = None,
                  inventory: Inventory | None = None, notes: Callable[[str], None] | None = None,
                  rng: random.Random | None = None) -> None:
@@ -76,7 +76,7 @@ class Scheduler:
         self.watchers = Watchers(terminator, gpu_watch, OomCounter(), self.events)
         self.gpu_slots = GpuSlots(slots, gpu_watch, self.notes, limits.grace, terminator)
         self.waiting: deque[Waiting] = deque()
-        self.running: dict[int, Attempt] = {}  # by root pid
+        self.running: dict[int, InFlight] = {}  # by root pid (or a stand-in's number)
         self.stop_status: Status | None = None
         self.stop_reason = ""
         self._stop_pending = self._stop_hard = False
@@ -198,9 +198,10 @@ class Scheduler:
 
     def _launch(self, item: Waiting, slot: Slot, now: float) -> None:
         log_path = self.paths.log(item.fold.fold_id, item.attempt)
-        a = Attempt(item.fold, item.attempt, item.used + 1, slot, self.limits, self.watchers,
-                    log_path, self.template.marker(item.fold, item.attempt))
-        a.launch(self.launcher, self.template.task(item.fold, item.attempt, slot, log_path), now)
+        a = self.launcher.attempt(
+            Attempt(item.fold, item.attempt, item.used + 1, slot, self.limits, self.watchers,
+                    log_path, self.template.marker(item.fold, item.attempt)),
+            self.template.task(item.fold, item.attempt, slot, log_path), now)
         self.running[a.pid] = a
 
     # -- step 2: wait --------------------------------------------------------------
@@ -217,8 +218,8 @@ class Scheduler:
         return max(0.0, min(times) - now)
 
     def _wait(self, timeout: float) -> None:
-        by_fd = {a.child.fd: a for a in self.running.values() if not a.eof}
-        by_sentinel = {a.child.sentinel: a for a in self.running.values()}
+        by_fd = {a.fd: a for a in self.running.values() if a.fd is not None}
+        by_sentinel = {a.sentinel: a for a in self.running.values()}
         ready = set(wait([self._wake_r, *by_fd, *by_sentinel, *self.launcher.waitables()], timeout))
         if self._wake_r in ready:
             try:
@@ -234,7 +235,7 @@ class Scheduler:
                 self._finish(by_sentinel[obj])
 
     # -- step 4: finish ------------------------------------------------------------
-    def _finish(self, a: Attempt) -> None:
+    def _finish(self, a: InFlight) -> None:
         """An attempt's process has ended: record it, free its slot, retry or not."""
         del self.running[a.pid]
         ended = a.finish()
@@ -283,7 +284,7 @@ class Scheduler:
         for a in list(self.running.values()):  # pragma: no cover - a process that won't die
             self.term.hurry(a.pid)
             self.term.poll()
-            a.child.process.join(Timing.REAP_WAIT)
+            a.wait_exit(Timing.REAP_WAIT)
             if a.pid in self.running:
                 self._finish(a)
         self.launcher.close()

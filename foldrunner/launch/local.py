@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from foldrunner.child.task import ChildTask
 from foldrunner.gpu.inventory import Slot
@@ -20,6 +20,9 @@ from foldrunner.launch.launcher import Child, server_pids, start_child
 from foldrunner.launch.spares import SparePool
 from foldrunner.procs.terminate import Terminator
 from foldrunner.store.paths import RunPaths
+
+if TYPE_CHECKING:  # the engine drives launchers; a launcher never imports the engine
+    from foldrunner.engine.attempt import Attempt
 
 
 @dataclass
@@ -78,6 +81,11 @@ class LocalLauncher:
             self.notes(f"the zygote stopped serving ({why}); folds start from the plain fold server")
             self.server = None
             return start_child(task, self.start_method)
+
+    def attempt(self, attempt: Attempt, task: ChildTask, now: float) -> Attempt:
+        """Launch ``attempt`` here, running ``task``."""
+        attempt.launch(self, task, now)
+        return attempt
 
     def withdrawn(self, slot: Slot, how: str) -> None:
         """The spare handed ``slot``'s attempt died before it took it."""

@@ -121,6 +121,10 @@ class _FirstSpareDies:
             return DyingSpare(self.r).start(task, slot)
         return self.r.launcher.start(task, slot)
 
+    def attempt(self, attempt, task, now):
+        attempt.launch(self, task, now)
+        return attempt
+
     def __getattr__(self, name):  # keep_warm, waitables, ...: the real launcher's
         return getattr(self.r.launcher, name)
 
