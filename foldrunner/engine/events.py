@@ -33,6 +33,8 @@ class AttemptStart:
     log_path: str
     host: str
     """The machine the attempt runs on (its host name)."""
+    node: str = ""
+    """Its Ray node id (empty on the local backend)."""
 
 
 class Events:

@@ -14,16 +14,17 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from foldrunner.config.plan import Plan, build_plan
 from foldrunner.config.spec import Spec, load_spec
 from foldrunner.engine.attempt import TaskTemplate
+from foldrunner.engine.backend import Backend
 from foldrunner.engine.events import Events, Fanout
 from foldrunner.engine.limits import Limits
 from foldrunner.engine.scheduler import Scheduler
@@ -32,6 +33,7 @@ from foldrunner.procs.terminate import Terminator
 from foldrunner.errors import InterruptedRun, RunDirError, storage_error
 from foldrunner.gpu.inventory import Inventory, NvmlInventory, Slot, make_slots
 from foldrunner.launch.zygote import ZygoteError, start_zygote, stop_zygote
+from foldrunner.orchestrate.backend import backend_of, check_backend, ray_target
 from foldrunner.orchestrate.lock import run_lock
 from foldrunner.orchestrate.orphans import end_orphans, owner_of
 from foldrunner.orchestrate.preflight import dill_entrypoint, preflight
@@ -41,6 +43,9 @@ from foldrunner.store.journal import Journal
 from foldrunner.store.paths import RunPaths
 from foldrunner.store.writer import ResultsWriter
 from foldrunner.wire.outcome import Status
+
+if TYPE_CHECKING:  # the Ray backend is imported only when a run uses it
+    from foldrunner.remote.setup import RayRun
 
 Overrides = Sequence[str] | Mapping[str, Any]
 
@@ -59,6 +64,11 @@ class RunOptions:
     """``time.monotonic()`` after which nothing is launched and running folds are cancelled."""
     handle_signals: bool = True
     """Turn SIGINT, SIGTERM and SIGHUP into a clean stop (main thread only)."""
+    backend: str | None = None
+    """``local`` or ``ray`` (``--backend``): overrides the spec's ``backend``; None: the spec's."""
+    address: str | None = None
+    """``HOST:PORT``, ``auto`` or ``local`` (``--address``): overrides the spec's ``ray.address``
+    (only with the ray backend); None: the spec's."""
 
 
 def prepare_spec(spec: str | os.PathLike[str] | Mapping[str, Any] | Spec, overrides: Overrides = (),
@@ -136,17 +146,35 @@ def _run_locked(
     notes: Callable[[str], None],
 ) -> pd.DataFrame:
     check_run_dir(paths, opts.resume)
+    check_backend(s, opts)
     entry_blob = dill_entrypoint(entrypoint) if entrypoint is not None else None
     preflight(s, paths, entry_blob, opts.start_method)
-    gpus = opts.gpus if opts.gpus is not None else s.resources.gpus
+    workers = opts.workers if opts.workers is not None else s.resources.workers
     inventory = opts.inventory or NvmlInventory()
-    slots, slot_notes = make_slots(
-        gpus, per_gpu=s.resources.per_gpu,
-        workers=opts.workers if opts.workers is not None else s.resources.workers,
-        min_free_memory=s.resources.min_free_memory, inventory=inventory,
-    )
-    for n in slot_notes:
-        notes(n)
+    with ExitStack() as stack:
+        ray: RayRun | None = None
+        if backend_of(s, opts) == "ray":
+            from foldrunner.remote.setup import ray_run
+
+            target = ray_target(s, opts)
+            ray = stack.enter_context(ray_run(s, target.address, target.namespace, workers,
+                                              opts.start_method, paths, notes))
+            slots = ray.slots
+        else:
+            slots, slot_notes = make_slots(
+                opts.gpus if opts.gpus is not None else s.resources.gpus,
+                per_gpu=s.resources.per_gpu, workers=workers,
+                min_free_memory=s.resources.min_free_memory, inventory=inventory,
+            )
+            for n in slot_notes:
+                notes(n)
+        return _run_engine(s, plan, paths, opts, entry_blob, events, notes, slots, inventory, ray)
+
+
+def _run_engine(s: Spec, plan: Plan, paths: RunPaths, opts: RunOptions, entry_blob: bytes | None,
+                events: Events | None, notes: Callable[[str], None], slots: list[Slot],
+                inventory: Inventory, ray: RayRun | None) -> pd.DataFrame:
+    """Open the journal (a new run or a resume), run the engine, write the results."""
     with open_journal_file(paths) as journal:
         run_id = open_journal(journal, s, plan, opts.resume)
         owner = owner_of(paths)
@@ -163,14 +191,15 @@ def _run_locked(
                 for f in plan.folds if f.fold_id not in done]
         writer = ResultsWriter(journal, paths, notes)
         # the zygote last: it imports the preloads (seconds) and must end with the run
-        server, spares = None, s.resources.spares
-        if s.resources.zygote:
+        server, spares = None, s.resources.spares and ray is None
+        if s.resources.zygote and ray is None:
             server = _zygote(s, paths, opts, notes)
             spares = spares and server is None  # forks from the zygote need no spares
         try:
-            sup = _engine(s, opts, paths, journal, slots, f"{run_id}.{owner['token']}",
-                          entry_blob, Fanout(writer, *([events] if events else [])),
-                          inventory, notes, spares, server)
+            run_token = f"{run_id}.{owner['token']}"
+            sup = _engine(s, opts, paths, journal, slots, run_token, entry_blob,
+                          Fanout(writer, *([events] if events else [])), inventory, notes,
+                          spares, server, ray.make(run_id, owner["token"]) if ray else None)
             sup.events.run_started(len(plan.folds), len(done))
             with _stop_on_signals(sup, opts.handle_signals):
                 try:
@@ -197,11 +226,13 @@ def _run_locked(
 
 def _engine(s: Spec, opts: RunOptions, paths: RunPaths, journal: Journal, slots: list[Slot],
             run_id: str, entry_blob: bytes | None, events: Events, inventory: Inventory,
-            notes: Callable[[str], None], spares: bool, server: Any) -> Scheduler:
-    """The engine of one run: its terminator, launcher, attempts' template, scheduler."""
+            notes: Callable[[str], None], spares: bool, server: Any,
+            remote: Backend | None = None) -> Scheduler:
+    """The engine of one run: its terminator, launcher (``remote``: the Ray backend's),
+    attempts' template, scheduler."""
     grace = s.limits.grace
     term = Terminator(stray_grace=grace)
-    launcher = LocalLauncher(
+    launcher: Backend = remote or LocalLauncher(
         run_id=run_id, paths=paths, terminator=term, grace=grace, notes=notes, env=dict(s.env),
         workdir=str(s.workdir), start_method=opts.start_method, spares=spares,
         preload=list(s.preload), server=server,

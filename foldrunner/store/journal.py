@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     traceback TEXT NOT NULL DEFAULT '', metrics TEXT NOT NULL DEFAULT '{}',
     peak_rss_mb REAL, peak_gpu_mb REAL, lingered INTEGER NOT NULL DEFAULT 0,
     note TEXT NOT NULL DEFAULT '', log_path TEXT NOT NULL DEFAULT '',
-    report TEXT, report_at REAL, host TEXT NOT NULL DEFAULT '',
+    report TEXT, report_at REAL, host TEXT NOT NULL DEFAULT '', node TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (fold_id, attempt)
 );
 """
@@ -131,9 +131,10 @@ class Journal:
     def _add_missing_columns(self) -> None:
         """A journal written before a column existed gets it (empty) when it is resumed."""
         have = {row[1] for row in self.db.execute("PRAGMA table_info(attempts)")}
-        if "host" not in have:
-            with self.db:
-                self.db.execute("ALTER TABLE attempts ADD COLUMN host TEXT NOT NULL DEFAULT ''")
+        for column in ("host", "node"):
+            if column not in have:
+                with self.db:
+                    self.db.execute(f"ALTER TABLE attempts ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
 
     # -- lifecycle ---------------------------------------------------------------
     def close(self) -> None:
@@ -193,15 +194,16 @@ class Journal:
         gpu: int | None,
         log_path: str,
         host: str = "",
+        node: str = "",
     ) -> None:
         """Record an attempt as running (so that status and resume can see it); ``host``
-        is the machine it runs on."""
+        is the machine it runs on, ``node`` its Ray node id (empty when local)."""
         with self._tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO attempts (fold_id, attempt, status, started_at, pid,"
-                " pid_started_at, gpu, log_path, host) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " pid_started_at, gpu, log_path, host, node) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (fold_id, attempt, Status.RUNNING.value, started_at, pid, pid_started_at, gpu,
-                 log_path, host),
+                 log_path, host, node),
             )
 
     def end_attempt(self, r: AttemptResult) -> None:

@@ -47,7 +47,7 @@ class JournalRecorder(Events):
         self._write(
             self.journal.start_attempt, start.fold.fold_id, start.attempt,
             started_at=start.started_at, pid=start.pid, pid_started_at=start.pid_started_at,
-            gpu=start.slot.gpu, log_path=start.log_path, host=start.host,
+            gpu=start.slot.gpu, log_path=start.log_path, host=start.host, node=start.node,
         )
 
     def report(self, fold: Fold, attempt: int, metrics: dict[str, Any], at: float) -> None:

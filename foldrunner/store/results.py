@@ -24,7 +24,7 @@ CORE_COLUMNS = [
     "trial", "replicate", "fold", "fold_id", "seed", "status", "attempts", "duration_s",
     "gpu", "peak_rss_mb", "peak_gpu_mb", "error",
 ]
-EXTRA_COLUMNS = ["host", "exit_code", "signal", "lingered", "started_at", "ended_at", "log"]
+EXTRA_COLUMNS = ["host", "node", "exit_code", "signal", "lingered", "started_at", "ended_at", "log"]
 FORMATS = ("table", "csv", "json", "markdown")
 
 
@@ -55,6 +55,7 @@ def _table(folds: Sequence[sqlite3.Row], attempts: Sequence[sqlite3.Row]) -> pd.
             "peak_rss_mb": a["peak_rss_mb"], "peak_gpu_mb": a["peak_gpu_mb"],
             "error": a["error"] or "",
             "host": a["host"] if "host" in a.keys() else "",
+            "node": a["node"] if "node" in a.keys() else "",
             "exit_code": a["exit_code"], "signal": a["signal"],
             "lingered": bool(a["lingered"]), "started_at": a["started_at"],
             "ended_at": a["ended_at"], "log": a["log_path"],

@@ -404,9 +404,11 @@ def test_each_row_names_the_host_of_its_final_attempt(tmp_path):
     spec = base_spec(tmp_path, params={"case": "return"}, cv={"folds": 2})
     df = foldrunner.run(spec)
     assert list(df["host"]) == [socket.gethostname()] * 2
+    assert list(df["node"]) == ["", ""]  # a Ray node id with backend: ray
     run_dir = tmp_path / "run"
     db = sqlite3.connect(run_dir / "journal.sqlite")
     db.execute("ALTER TABLE attempts DROP COLUMN host")  # as an older foldrunner wrote it
+    db.execute("ALTER TABLE attempts DROP COLUMN node")
     db.commit()
     db.close()
     assert list(foldrunner.load_results(run_dir)["host"]) == ["", ""]

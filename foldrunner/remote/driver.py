@@ -1,0 +1,275 @@
+"""The driver's side of the Ray backend: one Ray task per attempt, a stand-in for each
+attempt in flight that the scheduler waits on like a local one.
+
+A relay thread per attempt reads what the task yields (see :mod:`foldrunner.remote.node`)
+and wakes the scheduler's wait through a pipe; the scheduler's thread then hands it to
+the run's events (journal, results files, live view) exactly as a local attempt would.
+The attempt's clocks are kept on its node; the driver keeps a backstop (timeout, grace,
+exit timeout and a minute more) for a node that stops answering.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import os
+import queue
+import threading
+import time
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from foldrunner.child.task import ChildTask
+from foldrunner.engine.attempt import Attempt, Finished
+from foldrunner.engine.events import AttemptStart
+from foldrunner.engine.verdict import Observed
+from foldrunner.gpu.inventory import Slot
+from foldrunner.remote.node import AttemptOrder, NodeHelper, NodeSettings, helper_name, run_attempt
+from foldrunner.wire.outcome import AttemptResult, ChildOutcome, Status
+
+BACKSTOP_SLACK = 60.0
+"""Seconds past an attempt's own clocks after which the driver gives up on its node."""
+NODE_REFRESH = 5.0
+"""Seconds between two looks for nodes that joined (each gets its helper)."""
+
+_RemoteHelper = ray.remote(NodeHelper)
+_attempt_task = ray.remote(run_attempt)
+
+
+class RayBackend:
+    """Runs attempts as Ray tasks on the cluster ``ray.init`` connected to."""
+
+    def __init__(self, settings: NodeSettings, *, gpus_per_fold: float, cpus_per_fold: float = 1.0) -> None:
+        self.settings = settings
+        self.gpus_per_fold, self.cpus_per_fold = gpus_per_fold, cpus_per_fold
+        self.helpers: dict[str, Any] = {}
+        self._numbers = itertools.count(1)
+        self._next_refresh = 0.0
+        self._refresh(time.monotonic())
+
+    # -- the cluster's nodes -------------------------------------------------------
+    def _refresh(self, now: float) -> None:
+        """A helper on every live node (the driver owns them: they end with it)."""
+        self._next_refresh = now + NODE_REFRESH
+        for node in ray.nodes():  # type: ignore[no-untyped-call]
+            node_id = node["NodeID"]
+            if not node.get("Alive") or node_id in self.helpers:
+                continue
+            self.helpers[node_id] = _RemoteHelper.options(
+                name=helper_name(self.settings.run_token, node_id),
+                namespace=self.settings.namespace, num_cpus=0, max_concurrency=1000,
+                max_restarts=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+            ).remote(self.settings)
+
+    def helper(self, node_id: str) -> Any:
+        return self.helpers.get(node_id)
+
+    # -- the Backend protocol ------------------------------------------------------
+    def attempt(self, attempt: Attempt, task: ChildTask, now: float) -> RemoteAttempt:
+        return RemoteAttempt(self, attempt, task, now)
+
+    def withdrawn(self, slot: Slot, how: str) -> None:
+        pass
+
+    def keep_warm(self, slots: list[Slot], waiting: int, now: float) -> None:
+        if now >= self._next_refresh:
+            self._refresh(now)
+
+    def retire(self) -> None:
+        pass
+
+    def stop(self, now: float) -> None:
+        pass
+
+    def busy(self) -> bool:
+        return False
+
+    def poll(self, now: float) -> None:
+        pass
+
+    def waitables(self) -> list[Any]:
+        return []
+
+    def on_ready(self, ready: set[Any]) -> None:
+        pass
+
+    def pids(self) -> set[int]:
+        return set()
+
+    def close(self) -> None:
+        for h in self.helpers.values():
+            try:
+                ray.get(h.close.remote(), timeout=10)
+            except Exception:  # noqa: BLE001 - a helper of a lost node
+                pass
+            ray.kill(h)
+        self.helpers.clear()
+
+    def next_number(self) -> int:
+        return next(self._numbers)
+
+
+class RemoteAttempt:
+    """An attempt running on a node, as the scheduler sees it."""
+
+    def __init__(self, backend: RayBackend, local: Attempt, task: ChildTask, now: float) -> None:
+        self.backend = backend
+        self.fold, self.number, self.used = local.fold, local.number, local.used
+        self.slot, self.marker, self.limits = local.slot, local.marker, local.limits
+        self.log_path, self.events = local.log_path, local.w.events
+        self.seen = Observed()
+        self.ending = False
+        self._key = -backend.next_number()
+        self.node: str | None = None
+        self.final: tuple[AttemptResult | None, str] | None = None
+        self.failure = ""
+        self.started_wall, self.started = time.time(), now
+        lim = self.limits
+        self.backstop = now + lim.timeout + lim.grace + lim.exit_timeout + BACKSTOP_SLACK
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path.write_bytes(b"")
+        self._q: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        self._done_r, self._done_w = os.pipe()
+        self._eof = False
+        order = AttemptOrder(self.fold, self.number, self.used, self.marker, task, lim)
+        self.refs = _attempt_task.options(
+            num_gpus=backend.gpus_per_fold, num_cpus=backend.cpus_per_fold, max_retries=0,
+            retry_exceptions=False, name=f"foldrunner {self.fold.fold_id}.{self.number}",
+        ).remote(order, backend.settings)
+        self.slot.busy = True
+        self._thread = threading.Thread(target=self._relay, daemon=True,
+                                        name=f"foldrunner relay {self.fold.fold_id}.{self.number}")
+        self._thread.start()
+
+    # -- the relay thread ------------------------------------------------------------
+    def _relay(self) -> None:
+        try:
+            for ref in self.refs:  # type: ignore[attr-defined]  # an ObjectRefGenerator
+                self._q.put(ray.get(ref))
+                os.write(self._w, b"!")
+        except Exception as exc:  # noqa: BLE001 - a lost node, a killed worker: the attempt's end
+            self._q.put(("failed", _describe(exc)))
+        finally:
+            os.close(self._w)
+            os.close(self._done_w)
+
+    # -- the InFlight protocol -----------------------------------------------------
+    @property
+    def pid(self) -> int:
+        return self._key
+
+    @property
+    def fd(self) -> int | None:
+        return None if self._eof else self._r
+
+    @property
+    def sentinel(self) -> int:
+        return self._done_r
+
+    def read(self) -> None:
+        try:
+            while os.read(self._r, 4096):
+                pass
+            self._eof = True
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                return
+            self._on(item)
+
+    def _on(self, item: tuple[Any, ...]) -> None:
+        kind = item[0]
+        if kind == "started":
+            _, pid, pid_started_at, started_at, gpu, host, node = item
+            self.node, self.started_wall = node, started_at
+            lim = self.limits  # its clocks run from now, on its node
+            self.backstop = (time.monotonic() + lim.timeout + lim.grace + lim.exit_timeout
+                             + BACKSTOP_SLACK)
+            self.events.attempt_started(AttemptStart(
+                fold=self.fold, attempt=self.number, slot=Slot(self.slot.index, gpu=gpu), pid=pid,
+                pid_started_at=pid_started_at, started_at=started_at, log_path=str(self.log_path),
+                host=host, node=node,
+            ))
+        elif kind == "report":
+            self.events.report(self.fold, self.number, item[1], item[2])
+        elif kind == "result":
+            self.seen.outcome = ChildOutcome(Status.OK)
+            self.events.result_arrived(self.fold, self._here(item[1]))
+        elif kind == "log":
+            with open(self.log_path, "ab") as f:
+                f.write(item[1])
+        elif kind == "final":
+            self.final = (item[1], item[2])
+        elif kind == "failed":
+            self.failure = item[1]
+
+    def _here(self, result: AttemptResult) -> AttemptResult:
+        """The node's account, with the driver's copy of the log."""
+        from dataclasses import replace
+
+        return replace(result, log_path=str(self.log_path))
+
+    def finish(self) -> Finished:
+        self._thread.join(5.0)
+        self.read()
+        os.close(self._r)
+        os.close(self._done_r)
+        self.slot.busy = False
+        if self.final is not None:
+            result, withdrawn = self.final
+            return Finished(None if result is None else self._here(result), withdrawn)
+        status = self.seen.kill_status or Status.CRASHED
+        reason = self.seen.kill_reason if self.seen.kill_status else ""
+        error = "; ".join(x for x in (reason, f"its Ray task failed: {self.failure}") if x)
+        return Finished(AttemptResult(
+            fold_id=self.fold.fold_id, attempt=self.number, status=status,
+            started_at=self.started_wall, ended_at=time.time(),
+            duration_s=round(time.monotonic() - self.started, 6),
+            error=f"{error} (see {self.log_path})", log_path=str(self.log_path),
+        ))
+
+    def enforce(self, now: float) -> None:
+        if now >= self.backstop and not self.ending:
+            self.end(Status.TIMEOUT, "its node stopped answering", now, hard=True)
+            ray.cancel(self.refs, force=True)
+
+    def next_wakeup(self) -> float:
+        return self.backstop
+
+    def end(self, status: Status, reason: str, now: float, hard: bool = False) -> None:
+        if status is not Status.OK and self.seen.kill_status is None:
+            self.seen.kill_status, self.seen.kill_reason = status, reason
+        self.seen.hard = self.seen.hard or hard
+        self.ending = True
+        helper = self.backend.helper(self.node) if self.node else None
+        if helper is not None:
+            helper.end.remote(self.marker, status.value, reason, hard)
+        else:  # not started on a node yet: it never will
+            ray.cancel(self.refs, force=False)
+
+    def known_pids(self) -> set[int]:
+        return set()
+
+    def wait_exit(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+
+def _describe(exc: BaseException) -> str:
+    """One line on why a task failed: the exception inside a task's error, else Ray's."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        exc = cause
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    last = _ANSI.sub("", lines[-1]) if lines else ""
+    return f"{type(exc).__name__}: {last}"[:500]
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -1,0 +1,225 @@
+"""What runs on each node of the cluster: the run's node helper (a Ray actor) and the
+Ray task of one attempt.
+
+The task holds the attempt's resources (its share of a GPU, a CPU): Ray picks its node
+and its GPU. It hands the attempt to its node's helper, which starts a fresh process for
+the fold from the node's fold server and supervises it with the same
+:class:`~foldrunner.engine.attempt.Attempt` as the local backend (timeout with tree kill,
+memory limits, lingering kill, log capture). Everything the attempt says goes back to
+the driver as it happens, through the task (a generator): its start, reports, an ``ok``
+result on arrival, the log as it grows, and at last how it ended.
+
+Helpers are created by the driver, one per node, and belong to it: if the driver dies,
+Ray ends them, and every fold they started sees its lifeline close and ends its tree.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import ray
+from multiprocess.connection import wait
+
+from foldrunner.child.task import ChildTask
+from foldrunner.config.plan import Fold
+from foldrunner.defaults import Timing
+from foldrunner.engine.attempt import Attempt, Watchers
+from foldrunner.engine.events import AttemptStart, Events
+from foldrunner.engine.limits import Limits
+from foldrunner.gpu.inventory import NvmlInventory, Slot
+from foldrunner.gpu.watch import GpuWatch
+from foldrunner.launch.local import LocalLauncher
+from foldrunner.procs.memory import OomCounter
+from foldrunner.procs.terminate import Terminator
+from foldrunner.store.paths import RunPaths
+from foldrunner.wire.outcome import AttemptResult, Status
+
+LOG_CHUNK_INTERVAL = 1.0
+"""Seconds between two chunks of a running fold's log sent to the driver."""
+LOG_CHUNK_MAX = 1 << 20
+"""At most this many bytes of log in one message (the rest follows)."""
+HELPER_WAIT = 30.0
+"""Seconds a task waits for its node's helper to exist (the driver creates helpers as
+nodes join)."""
+
+
+def helper_name(run_token: str, node_id: str) -> str:
+    return f"foldrunner-{run_token}-{node_id}"
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """What every helper of a run needs: the run's identity and the folds' environment."""
+
+    run_id: str
+    run_token: str
+    namespace: str
+    env: dict[str, str]
+    workdir: str
+    """The driver's workdir; a node uses its copy from Ray's runtime environment (its
+    current directory) when the driver's path does not exist there."""
+    grace: float
+    start_method: str = "forkserver"
+
+
+@dataclass(frozen=True)
+class AttemptOrder:
+    """One attempt, as the driver sends it to a node."""
+
+    fold: Fold
+    number: int
+    used: int
+    marker: str
+    task: ChildTask
+    limits: Limits
+
+
+@dataclass
+class _Collector(Events):
+    """The remote attempt's events, as plain messages for the driver."""
+
+    host: str
+    node: str
+    out: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def attempt_started(self, start: AttemptStart) -> None:
+        self.out.append(("started", start.pid, start.pid_started_at, start.started_at,
+                         start.slot.gpu, self.host, self.node))
+
+    def report(self, fold: Fold, attempt: int, metrics: dict[str, Any], at: float) -> None:
+        self.out.append(("report", metrics, at))
+
+    def result_arrived(self, fold: Fold, result: AttemptResult) -> None:
+        self.out.append(("result", result))
+
+
+class NodeHelper:
+    """The run's helper on one node: its fold server and the attempts running there."""
+
+    def __init__(self, settings: NodeSettings) -> None:
+        self.s = settings
+        self.host = socket.gethostname()
+        self.node = ray.get_runtime_context().get_node_id()
+        self.root = Path(tempfile.gettempdir()) / "foldrunner-ray" / settings.run_token
+        self.paths = RunPaths(self.root)
+        self.paths.logs.mkdir(parents=True, exist_ok=True)
+        self.workdir = settings.workdir if Path(settings.workdir).is_dir() else os.getcwd()
+        self.launch_lock = threading.Lock()
+        self.launcher = LocalLauncher(
+            run_id=settings.run_id, paths=self.paths, terminator=Terminator(strays=False),
+            grace=settings.grace, notes=lambda text: None, env=dict(settings.env),
+            workdir=self.workdir, start_method=settings.start_method,
+        )
+        self.ends: dict[str, tuple[Status, str, bool]] = {}
+
+    def where(self) -> tuple[str, str]:
+        """``(host name, node id)`` of this helper."""
+        return self.host, self.node
+
+    def end(self, marker: str, status: str, reason: str, hard: bool) -> None:
+        """End the attempt ``marker`` (a stop, the driver's clock): as ``Attempt.end``."""
+        self.ends[marker] = (Status(status), reason, hard)
+
+    def run(self, order: AttemptOrder, gpu: int | None) -> Iterator[tuple[Any, ...]]:
+        """Run one attempt here on ``gpu``; yield what it says, then how it ended."""
+        term = Terminator(self.launcher.pids, strays=False, stray_grace=self.s.grace)
+        events = _Collector(self.host, self.node)
+        inventory = NvmlInventory() if gpu is not None else None
+        watchers = Watchers(term, GpuWatch(inventory, lambda text: None), OomCounter(), events)
+        log_path = self.paths.log(order.fold.fold_id, order.number)
+        task = replace(order.task, gpu=gpu, run_dir=str(self.root), log_path=str(log_path),
+                       workdir=self.workdir)
+        a = Attempt(order.fold, order.number, order.used, Slot(0, gpu=gpu), order.limits,
+                    watchers, log_path, order.marker)
+        with self.launch_lock:
+            a.launch(self.launcher, task, time.monotonic())
+        log = _LogTail(log_path)
+        for item in _drain(events):  # plain loops: Ray drives the generator with send()
+            yield item
+        ended = None
+        while ended is None:
+            fd = a.fd
+            ready = wait([a.sentinel] + ([fd] if fd is not None else []), 0.1)
+            if fd is not None and fd in ready:
+                a.read()
+            if a.sentinel in ready:
+                ended = a.finish()
+                term.wait(time.monotonic() + order.limits.grace + Timing.REAP_WAIT)
+            else:
+                request = self.ends.pop(order.marker, None)
+                if request is not None:
+                    a.end(request[0], request[1], time.monotonic(), hard=request[2])
+                a.enforce(time.monotonic())
+                term.poll(time.monotonic())
+            for item in _drain(events):
+                yield item
+            for item in log.chunks(force=ended is not None):
+                yield item
+        self.ends.pop(order.marker, None)
+        yield ("final", ended.result, ended.withdrawn)
+
+    def close(self) -> None:
+        self.launcher.close()
+
+
+def _drain(events: _Collector) -> list[tuple[Any, ...]]:
+    out, events.out = events.out, []
+    return out
+
+
+class _LogTail:
+    """The new bytes of a log file, at most every :data:`LOG_CHUNK_INTERVAL`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset, self.last = path, 0, 0.0
+
+    def chunks(self, force: bool = False) -> list[tuple[Any, ...]]:
+        now = time.monotonic()
+        if not force and now - self.last < LOG_CHUNK_INTERVAL:
+            return []
+        self.last = now
+        out: list[tuple[Any, ...]] = []
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                while True:
+                    data = f.read(LOG_CHUNK_MAX)
+                    if not data:
+                        break
+                    self.offset += len(data)
+                    out.append(("log", data))
+                    if not force:
+                        break
+        except OSError:
+            pass
+        return out
+
+
+def run_attempt(order: AttemptOrder, settings: NodeSettings) -> Iterator[tuple[Any, ...]]:
+    """The body of an attempt's Ray task: on the node Ray chose, with the GPU it gave."""
+    ids = ray.get_gpu_ids()
+    gpu = int(ids[0]) if ids else None
+    node = ray.get_runtime_context().get_node_id()
+    helper = _helper(settings, node)
+    for ref in helper.run.remote(order, gpu):
+        yield ray.get(ref)
+
+
+def _helper(settings: NodeSettings, node: str) -> Any:
+    name = helper_name(settings.run_token, node)
+    deadline = time.monotonic() + HELPER_WAIT
+    while True:
+        try:
+            return ray.get_actor(name, namespace=settings.namespace)
+        except ValueError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no foldrunner helper on node {node} after {HELPER_WAIT:g}s")
+            time.sleep(0.2)
