@@ -9,11 +9,20 @@ monitoring, logs and results files included. Both run in this one process, one a
 the other, for ``--repeat`` rounds; the best round of each is compared.
 
     python scripts/bench_overhead.py --folds 200 --workers 2
+
+With ``--ray`` it then starts one Ray cluster on this machine (tests/ray_cluster.py: a head
+and ``--ray-nodes``-1 workers on 127.0.0.2, 127.0.0.3..., nothing reachable from outside
+and nothing sent out) and measures on it, side by side with the local row: foldrunner's Ray
+backend (``--folds`` folds), Ray Tune with one trial per fold and plain Ray tasks with
+``max_calls=1`` (``--ray-folds`` each), all ``--workers`` at a time.
+
+    python scripts/bench_overhead.py --folds 100 --workers 2 --ray
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -74,50 +83,159 @@ def foldrunner_run(n: int, workers: int) -> float:
     return elapsed
 
 
-def _trivial_trainable(config):  # a Ray Tune trial: the same trivial work
-    return {"acc": 1.0, "i": config["i"]}
+# --------------------------------------------------------------------------- --ray
+# Every Ray measurement runs on one cluster on this machine, started by the tests' harness
+# (tests/ray_cluster.py: nodes on 127.0.0.2, 127.0.0.3..., usage stats off, auth off, a HOME
+# of its own; ../shared/RAY-TESTING.md), in a driver subprocess with the cluster's
+# environment: this process never imports ray, and no Ray is started any other way.
+
+def load_harness():
+    """tests/ray_cluster.py, imported by its path (tests/ is not put on sys.path)."""
+    import importlib.util
+
+    path = HERE.parent / "tests" / "ray_cluster.py"
+    spec = importlib.util.spec_from_file_location("ray_cluster", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["ray_cluster"] = module
+    spec.loader.exec_module(module)
+    return module
 
 
-def ray_tune(n: int, workers: int) -> float:
-    """Seconds for n trivial Ray Tune trials at ``workers`` concurrent trials (ray.init excluded)."""
-    import ray
-    from ray import tune
+_RAY_DRIVER = """
+import json, sys, tempfile, time
+import ray
+address, n, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+ray.init(address=address, logging_level="ERROR", log_to_driver=False)
 
-    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
-             logging_level="ERROR", configure_logging=False)
+def trivial(config):  # the same trivial work as _trivial.fold: one small result
+    return {"i": config["i"], "acc": 1.0}
+"""
+
+_RAY_TUNE = _RAY_DRIVER + """
+from ray import tune
+with tempfile.TemporaryDirectory() as tmp:
+    tuner = tune.Tuner(
+        trivial,  # a function trainable: one trial per fold, each its own actor
+        param_space={"i": tune.grid_search(list(range(n)))},
+        tune_config=tune.TuneConfig(max_concurrent_trials=workers),
+        run_config=tune.RunConfig(storage_path=tmp, verbose=0),
+    )
+    t0 = time.perf_counter()
+    results = tuner.fit()
+    elapsed = time.perf_counter() - t0
+    assert len(results) == n and not results.errors, results.errors
+    assert sorted(r.metrics["i"] for r in results) == list(range(n))
+print(json.dumps({"seconds": elapsed}))
+"""
+
+_RAY_TASKS = _RAY_DRIVER + """
+task = ray.remote(max_calls=1, num_cpus=1, max_retries=0)(trivial)
+ray.get(task.remote({"i": -1}))  # the cluster is up and a worker has started once
+t0 = time.perf_counter()
+todo, pending, out = list(range(n)), [], []
+while todo or pending:  # at most `workers` in flight, as the other rows
+    while todo and len(pending) < workers:
+        pending.append(task.remote({"i": todo.pop()}))
+    ready, pending = ray.wait(pending, num_returns=1)
+    out.extend(ray.get(ready))
+elapsed = time.perf_counter() - t0
+assert sorted(r["i"] for r in out) == list(range(n))
+print(json.dumps({"seconds": elapsed}))
+"""
+
+_RAY_BACKEND = """
+import json, sys, tempfile, time
+from pathlib import Path
+address, n, workers, workdir = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+import foldrunner
+with tempfile.TemporaryDirectory() as tmp:
+    spec = {
+        "name": "bench", "entrypoint": "_trivial:fold", "workdir": workdir,
+        "cv": {"folds": n}, "resources": {"gpus": "none", "workers": workers},
+        "output": {"dir": str(Path(tmp) / "run")},
+        "backend": "ray", "ray": {"address": address},
+    }
+    t0 = time.perf_counter()
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            tuner = tune.Tuner(
-                _trivial_trainable,
-                param_space={"i": tune.grid_search(list(range(n)))},
-                tune_config=tune.TuneConfig(max_concurrent_trials=workers),
-                run_config=tune.RunConfig(storage_path=tmp, verbose=0),
-            )
-            t0 = time.perf_counter()
-            results = tuner.fit()
-            elapsed = time.perf_counter() - t0
-            assert len(results) == n and not results.errors
-    finally:
-        ray.shutdown()
-    return elapsed
+        df = foldrunner.run(spec)
+    except Exception as e:  # no Ray backend (yet), or it failed: the bench goes on
+        print(json.dumps({"unavailable": f"{type(e).__name__}: {e}"[:600]}))
+        sys.exit(0)
+    elapsed = time.perf_counter() - t0
+    ok = int((df["status"] == "ok").sum())
+    if ok != n or len(df) != n:
+        print(json.dumps({"unavailable": f"{ok} of {n} folds ok: {df['status'].value_counts().to_dict()}"}))
+        sys.exit(0)
+print(json.dumps({"seconds": elapsed}))
+"""
 
 
-def ray_tasks_max_calls_1(n: int, workers: int) -> float:
-    """Seconds for n trivial Ray tasks, each in a fresh worker (max_calls=1)."""
-    import ray
+def _on_cluster(cluster, code: str, *args: object, timeout: float = 900) -> dict:
+    out = cluster.run_driver(code, *map(str, args), timeout=timeout)
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"driver failed (exit {out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+    return json.loads(lines[-1])
 
-    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
-             logging_level="ERROR", configure_logging=False)
+
+def ray_tune(cluster, n: int, workers: int) -> float:
+    """Seconds for n trivial Ray Tune trials, ``workers`` at a time (ray.init excluded)."""
+    return _on_cluster(cluster, _RAY_TUNE, n, workers)["seconds"]
+
+
+def ray_tasks_max_calls_1(cluster, n: int, workers: int) -> float:
+    """Seconds for n trivial Ray tasks, each in a worker that exits after it (max_calls=1),
+    ``workers`` in flight (ray.init and the first worker's start excluded)."""
+    return _on_cluster(cluster, _RAY_TASKS, n, workers)["seconds"]
+
+
+def measure_ray_backend(cluster, n: int, workers: int) -> float | str:
+    """HOOK for the Ray backend (issue 11): seconds for n trivial folds through
+    ``foldrunner.run(spec with backend: ray, ray.address = the cluster)``, preflight included
+    as in the local row; or, where foldrunner refuses the spec or the run fails, the reason
+    (a string): the row is then reported as not available."""
+    import subprocess
+
     try:
-        task = ray.remote(max_calls=1, num_cpus=1)(_trivial_trainable)
-        ray.get(task.remote({"i": -1}))  # the cluster is up and a worker has started once
-        t0 = time.perf_counter()
-        out = ray.get([task.remote({"i": i}) for i in range(n)])
-        elapsed = time.perf_counter() - t0
-        assert len(out) == n
-    finally:
-        ray.shutdown()
-    return elapsed
+        out = _on_cluster(cluster, _RAY_BACKEND, n, workers, HERE, timeout=600)
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        return f"the run failed: {e}"[:800]
+    return out.get("seconds", out.get("unavailable", "?"))
+
+
+def ray_rows(args: argparse.Namespace, local_folds_per_s: float) -> None:
+    harness = load_harness()
+    why = harness.ray_available()
+    if why is not None:
+        print(f"--ray: {why}: no Ray comparison")
+        return
+    n, m, w = args.folds, args.ray_folds, args.workers
+    with harness.RayCluster(workers=args.ray_nodes - 1) as cluster:
+        print(f"Ray cluster: {len(cluster.nodes)} node(s) at {cluster.address}, "
+              f"{cluster.cpus_per_node} CPUs each, started in {cluster.start_seconds:.1f}s")
+        backend = measure_ray_backend(cluster, n, w)
+        tune_s = ray_tune(cluster, m, w)
+        tasks_s = ray_tasks_max_calls_1(cluster, m, w)
+    print(f"  (cluster stopped in {cluster.stop_seconds:.2f}s)")
+    rates = {"foldrunner, local backend": (n, local_folds_per_s)}
+    if isinstance(backend, float):
+        rates["foldrunner, Ray backend"] = (n, n / backend)
+    rates["Ray Tune, 1 trial per fold"] = (m, m / tune_s)
+    rates["Ray tasks, max_calls=1"] = (m, m / tasks_s)
+    print(f"trivial folds at {w} in flight, side by side on that cluster:")
+    for name, (count, rate) in rates.items():
+        print(f"  {name:27}: {rate:7.2f} folds/s  {1000 / rate:7.1f} ms/fold  ({count} folds)")
+    if not isinstance(backend, float):
+        print(f"  {'foldrunner, Ray backend':27}: not available ({backend})")
+    local, tune_rate, tasks_rate = local_folds_per_s, m / tune_s, m / tasks_s
+    print(f"  foldrunner local / Ray Tune   : {local / tune_rate:7.1f}x  (goal: >= 50x)")
+    print(f"  foldrunner local / Ray tasks  : {local / tasks_rate:7.1f}x  (goal: >= 20x)")
+    if isinstance(backend, float):
+        rb = n / backend
+        print(f"  Ray backend / Ray Tune        : {rb / tune_rate:7.1f}x  (goal: >= 10x)")
+        print(f"  Ray backend / Ray tasks       : {rb / tasks_rate:7.1f}x")
+        print(f"  Ray backend / local backend   : {rb / local:7.2f}   (goal: >= 0.5)")
 
 
 def main() -> int:
@@ -125,8 +243,13 @@ def main() -> int:
     ap.add_argument("--folds", type=int, default=200)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--ray", action="store_true",
+                    help="also measure on a Ray cluster started on this machine (loopback only):"
+                         " the Ray backend, Ray Tune and Ray tasks (needs ray[tune])")
     ap.add_argument("--ray-folds", type=int, default=40,
-                    help="trials for the Ray comparisons (they are slow), where ray[tune] is installed")
+                    help="trials for Ray Tune and Ray tasks (they are slow); the Ray backend runs --folds")
+    ap.add_argument("--ray-nodes", type=int, default=2,
+                    help="nodes of that cluster: a head and N-1 workers, 2 CPUs each (default 2)")
     args = ap.parse_args()
     sys.path.insert(0, str(HERE))
     bare_loop(10, args.workers)  # warm up: start the fork servers, fill the caches
@@ -141,19 +264,10 @@ def main() -> int:
     print(f"  bare multiprocess loop : {n / b:7.1f} tasks/s  {1000 * b / n:6.2f} ms/task")
     print(f"  foldrunner.run         : {n / o:7.1f} folds/s  {1000 * o / n:6.2f} ms/fold")
     print(f"  ratio (foldrunner/bare per-task cost): {o / b:.2f}x  (goal: <= 1.3x)")
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        print("ray[tune] is not installed: no Ray comparison (pip install 'ray[tune]')")
-        return 0
-    m = args.ray_folds
-    tune_s = ray_tune(m, args.workers)
-    tasks_s = ray_tasks_max_calls_1(m, args.workers)
-    print(f"{m} trivial trials at {args.workers} concurrent, Ray {ray.__version__}")
-    print(f"  Ray Tune                : {m / tune_s:7.2f} trials/s")
-    print(f"  Ray tasks, max_calls=1  : {m / tasks_s:7.2f} tasks/s")
-    print(f"  foldrunner / Ray Tune   : {(n / o) / (m / tune_s):7.0f}x  (goal: >= 50x)")
-    print(f"  foldrunner / Ray tasks  : {(n / o) / (m / tasks_s):7.0f}x  (goal: >= 20x)")
+    if args.ray:
+        ray_rows(args, n / o)
+    else:
+        print("(--ray: the same against Ray Tune, Ray tasks and the Ray backend on a local cluster)")
     return 0
 
 

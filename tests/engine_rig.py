@@ -91,6 +91,7 @@ class Rig:
         log_path = self.paths.log(f.fold_id, number)
         a = Attempt(f, number, 1, slot, limits, watchers, log_path, self.template.marker(f, number))
         a.launch(self.launcher, self.template.task(f, number, slot, log_path), time.monotonic())
+        a.announce()
         return a
 
     def drive(self, a: Attempt, limit: float = 30.0) -> Finished:

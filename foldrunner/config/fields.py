@@ -157,6 +157,51 @@ def _parse_dist(value: object) -> Dist:
     return {kind: list(args)}
 
 
+#: Ray's default GCS port, suggested in messages about a missing port
+RAY_DEFAULT_PORT = 6379
+_HOST = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?"  # a host name or an IPv4 address
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[IPv6]:PORT`` for an IPv6 address) -> ``(host, port)``; a ValueError
+    that says what is wrong otherwise. The host is returned without brackets."""
+    value = text.strip()
+    if "://" in value:
+        scheme = value.split("://", 1)[0]
+        raise ValueError(f"{value!r} is a URL ({scheme}://...); give the Ray head's address as"
+                         f" HOST:PORT, e.g. 10.0.0.5:{RAY_DEFAULT_PORT} (Ray Client addresses,"
+                         " ray://..., are not supported)")
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:([0-9]+)", value) or re.fullmatch(
+        rf"({_HOST}):([0-9]+)", value)
+    if match is None:
+        if value.count(":") > 1 and not value.startswith("["):
+            hint = f"write an IPv6 address in brackets, e.g. [::1]:{RAY_DEFAULT_PORT}"
+        elif ":" not in value:
+            hint = f"the port is missing, e.g. {value or 'HOST'}:{RAY_DEFAULT_PORT} (Ray's default)"
+        else:
+            hint = f"expected HOST:PORT, e.g. 10.0.0.5:{RAY_DEFAULT_PORT} or headnode:{RAY_DEFAULT_PORT}"
+        raise ValueError(f"invalid address {value!r}: {hint}")
+    host, port = match.group(1), int(match.group(2))
+    if not 1 <= port <= 65535:
+        raise ValueError(f"invalid address {value!r}: the port must be 1 to 65535, got {port}")
+    return host, port
+
+
+def _parse_ray_address(value: object) -> str:
+    """``auto``, ``local`` or ``HOST:PORT`` (checked by :func:`parse_host_port`)."""
+    forms = f"expected auto, local or HOST:PORT such as 10.0.0.5:{RAY_DEFAULT_PORT}"
+    if isinstance(value, str) and value in ("auto", "local"):
+        return value
+    if isinstance(value, str) and value.strip():
+        try:
+            parse_host_port(value)
+        except ValueError as exc:
+            raise ValueError(str(exc) if "://" in value else f"{exc}; or write auto or local") from None
+        return value.strip()
+    hint = f"; for a port on this machine write 127.0.0.1:{value}" if type(value) is int else ""
+    raise ValueError(f"{forms}; got {got(value)}{hint}")
+
+
 def _not_dot_or_dotdot(value: str) -> str:
     """A name that is not ``.`` or ``..``: in ``runs/{name}`` those would name another directory."""
     if value in (".", ".."):
@@ -195,6 +240,10 @@ EnvValue = Annotated[str, PlainValidator(_parse_env_value)]
 OutputDir = Annotated[StrictStr, AfterValidator(_output_dir)]
 Gpus = Annotated[Union[Literal["auto", "none"], list[int]], PlainValidator(_parse_gpus)]
 RetryOn = Annotated[list[str], PlainValidator(_parse_retry_on)]
+Backend = Literal["local", "ray"]
+RayAddress = Annotated[str, PlainValidator(_parse_ray_address)]
+RayNamespace = Annotated[StrictStr, Field(max_length=100), _matching(
+    r"[A-Za-z0-9._-]+", "namespace", "use letters, digits, '.', '_' and '-'")]
 Grid = Annotated[dict[ParamName, Annotated[list[Any], _non_empty("empty list of values")]],
                  _non_empty("empty grid: give at least one parameter and its values")]
 Space = Annotated[dict[ParamName, Annotated[Dist, PlainValidator(_parse_dist)]],

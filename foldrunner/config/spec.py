@@ -23,9 +23,10 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, StrictBool, StrictInt, StrictStr,
                       ValidationError, model_validator)
 
-from foldrunner.config.fields import (Count, Duration, DurationOrZero, EntryPoint, EnvName, EnvValue,
-                                      Gpus, Grid, Invalid, ModuleName, OutputDir, ParamName,
-                                      RetryOn, RunName, Seed, Size, SizeOrZero, Space, Workdir, got)
+from foldrunner.config.fields import (Backend, Count, Duration, DurationOrZero, EntryPoint, EnvName,
+                                      EnvValue, Gpus, Grid, Invalid, ModuleName, OutputDir, ParamName,
+                                      RayAddress, RayNamespace, RetryOn, RunName, Seed, Size,
+                                      SizeOrZero, Space, Workdir, got)
 from foldrunner.config.yamlload import (UNREADABLE, Loc, dump_yaml, format_problem, parse_yaml,
                                         read_spec_file, show_value)
 from foldrunner.defaults import Defaults
@@ -112,6 +113,15 @@ class OutputSpec(_Section):
     dir: OutputDir = "runs/{name}"
 
 
+class RaySpec(_Section):
+    """The Ray cluster of ``backend: ray``: ``auto`` (``RAY_ADDRESS``, else the cluster that
+    ``ray start --head`` started on this machine), ``HOST:PORT`` of a head node, or ``local``
+    (a private Ray for the run); resolved by :mod:`foldrunner.orchestrate.backend`."""
+
+    address: RayAddress = "auto"
+    namespace: RayNamespace = "foldrunner"
+
+
 class Spec(_Section):
     """A validated fold spec; build it with :func:`load_spec`. ``workdir`` is absolute."""
 
@@ -128,7 +138,18 @@ class Spec(_Section):
     retry: RetrySpec = Field(default_factory=RetrySpec)
     env: dict[EnvName, EnvValue] = Field(default_factory=dict)
     output: OutputSpec = Field(default_factory=OutputSpec)
+    backend: Backend = "local"
+    ray: RaySpec = Field(default_factory=RaySpec)
     _source: Union[Path, None] = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _gpus_fit_the_backend(self) -> Spec:
+        gpus = self.resources.gpus
+        if self.backend == "ray" and isinstance(gpus, list):
+            raise Invalid([(("resources", "gpus"), f"an explicit list of GPUs ({gpus}) cannot be"
+                            " used with backend: ray, where Ray assigns each fold its GPU on its"
+                            " node: write auto (the GPUs Ray assigns) or none")])
+        return self
 
     @property
     def source(self) -> Path | None:
@@ -157,7 +178,7 @@ class Spec(_Section):
 _SECTIONS: dict[Loc, type[BaseModel]] = {
     (): Spec, ("search",): SearchSpec, ("search", "random"): RandomSearch, ("cv",): CVSpec,
     ("objective",): ObjectiveSpec, ("resources",): ResourcesSpec, ("limits",): LimitsSpec,
-    ("retry",): RetrySpec, ("output",): OutputSpec}
+    ("retry",): RetrySpec, ("output",): OutputSpec, ("ray",): RaySpec}
 
 
 # ---------------------------------------------------------------- problems and overrides
@@ -280,7 +301,7 @@ def load_spec(source: str | os.PathLike[str] | Mapping[str, Any] | Spec,
         raise SpecError(problems or [empty if raw is None else format_problem((), "line 1", wrong)],
                         label)
     applied = _apply_overrides(raw, overrides, problems)
-    for section in ("preload", "params", "cv", "resources", "limits", "retry", "env", "output"):
+    for section in ("preload", "params", "cv", "resources", "limits", "retry", "env", "output", "ray"):
         if section in raw and raw[section] is None:
             del raw[section]  # a section left empty (all commented out) means its defaults
     try:

@@ -9,6 +9,7 @@ fold, no retry. The scheduler owns the wait; an attempt gives it its pipe and se
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from dataclasses import dataclass
@@ -127,11 +128,17 @@ class Attempt:
         except psutil.NoSuchProcess:
             self.root = None
         self.slot.busy = True
-        self.w.events.attempt_started(AttemptStart(
+        self._start = AttemptStart(
             fold=self.fold, attempt=self.number, slot=self.slot, pid=self.child.pid,
             pid_started_at=root_started, started_at=self.started_wall, log_path=str(self.log_path),
             host=self.host,
-        ))
+        )
+
+    def announce(self) -> None:
+        """Tell the events the attempt started (the journal records it as running). Its
+        owner calls this once it holds the attempt, so that whatever a subscriber raises,
+        the attempt is already among those a shutdown ends."""
+        self.w.events.attempt_started(self._start)
 
     @property
     def pid(self) -> int:
@@ -176,9 +183,9 @@ class Attempt:
                     # orchestrator's death) can neither lose this result nor run it again
                     self.w.events.result_arrived(self.fold, self._result(
                         None, Status.OK, "", "", dict(outcome.metrics), ""))
-            case Report(values=values, at=at):
-                self.last_report_at = now
-                self.w.events.report(self.fold, self.number, values, at)
+            case Report(values=values):
+                self.last_report_at = now  # the fold's own clock is not trusted
+                self.w.events.report(self.fold, self.number, values, time.time())
             case Bad(reason=reason):
                 self.bad_frame = self.seen.bad_frame = reason
                 if self.seen.outcome is None and not self.ending:
@@ -188,11 +195,12 @@ class Attempt:
 
     # -- the clocks ----------------------------------------------------------------
     def next_wakeup(self) -> float:
-        times = [self.next_sample]
-        if not self.ending:  # else the terminator's clock wakes the loop
-            times.append(self.deadline)
+        """When :meth:`enforce` next has something to do (it mirrors it)."""
+        if self.ending:
+            return math.inf  # the terminator's clock wakes the loop
         if self.result_at is not None:
-            times.append(self.result_at + self.limits.exit_timeout)
+            return self.result_at + self.limits.exit_timeout
+        times = [self.next_sample, self.deadline]
         if self.limits.stall and self.last_report_at is not None:
             times.append(self.last_report_at + self.limits.stall)
         return min(times)
@@ -237,12 +245,18 @@ class Attempt:
 
     # -- the end -------------------------------------------------------------------
     def _tree(self) -> list[psutil.Process]:
-        """The root and every process known to be the fold's (members are remembered:
-        a process that left the tree by ``setsid`` or a double fork stays the fold's)."""
+        """The root and every live process known to be the fold's (members are remembered:
+        a process that left the tree by ``setsid`` or a double fork stays the fold's).
+        A member that ended is forgotten: its pid may be another process's by now
+        (``is_running`` compares start times)."""
+        for pid, p in list(self.members.items()):
+            if not p.is_running():
+                del self.members[pid]
         if self.root is None:
             return list(self.members.values())
         for p in proctree.descendants(self.root.pid):
-            self.members.setdefault(p.pid, p)
+            if p.pid not in self.members:
+                self.members[p.pid] = p
         return [self.root, *self.members.values()]
 
     def end(self, status: Status, reason: str, now: float, hard: bool = False) -> None:

@@ -42,6 +42,9 @@ class InFlight(Protocol):
     def sentinel(self) -> int:
         """Ready once it has ended."""
 
+    def announce(self) -> None:
+        """Called once the scheduler holds it: tell the events it started (if it knows)."""
+
     def read(self) -> None: ...
 
     def finish(self) -> Finished: ...

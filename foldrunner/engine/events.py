@@ -9,6 +9,7 @@ that what the others show is already durable).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,3 +99,44 @@ class Fanout(Events):
     def tick(self, now: float) -> None:
         for s in self.subscribers:
             s.tick(now)
+
+
+class Guarded(Events):
+    """Hands every event to ``inner``; an exception of ``inner`` is noted once (through
+    ``notes``) and ``inner`` is told nothing more: a fault in a view or a results file
+    never stops the engine, nor its shutdown."""
+
+    def __init__(self, inner: Events, notes: Callable[[str], None]) -> None:
+        self.inner: Events | None = inner
+        self.notes = notes
+
+    def _call(self, what: str, tell: Callable[[Events], None]) -> None:
+        if self.inner is None:
+            return
+        try:
+            tell(self.inner)
+        except Exception as exc:  # noqa: BLE001 - any fault of a subscriber
+            self.inner = None
+            self.notes(f"an event subscriber failed and is told nothing more: {what}: "
+                       f"{type(exc).__name__}: {exc}")
+
+    def run_started(self, total: int, already_ok: int) -> None:
+        self._call("run_started", lambda e: e.run_started(total, already_ok))
+
+    def attempt_started(self, start: AttemptStart) -> None:
+        self._call("attempt_started", lambda e: e.attempt_started(start))
+
+    def report(self, fold: Fold, attempt: int, metrics: dict[str, Any], at: float) -> None:
+        self._call("report", lambda e: e.report(fold, attempt, metrics, at))
+
+    def result_arrived(self, fold: Fold, result: AttemptResult) -> None:
+        self._call("result_arrived", lambda e: e.result_arrived(fold, result))
+
+    def attempt_withdrawn(self, fold: Fold, attempt: int, why: str) -> None:
+        self._call("attempt_withdrawn", lambda e: e.attempt_withdrawn(fold, attempt, why))
+
+    def attempt_ended(self, fold: Fold, result: AttemptResult, final: bool) -> None:
+        self._call("attempt_ended", lambda e: e.attempt_ended(fold, result, final))
+
+    def tick(self, now: float) -> None:
+        self._call("tick", lambda e: e.tick(now))

@@ -28,7 +28,7 @@ from foldrunner.config.plan import Fold
 from foldrunner.defaults import Timing
 from foldrunner.engine.attempt import Attempt, TaskTemplate, Watchers
 from foldrunner.engine.backend import Backend, InFlight
-from foldrunner.engine.events import Events, Fanout
+from foldrunner.engine.events import Events, Fanout, Guarded
 from foldrunner.engine.limits import Limits
 from foldrunner.errors import StorageError
 from foldrunner.gpu.inventory import Inventory, Slot
@@ -70,7 +70,10 @@ class Scheduler:
         self.rng = rng or random.Random()
         self.notes = notes or (lambda text: log.warning("%s", text))
         self.recorder = JournalRecorder(journal, self._storage_failed)
-        self.events = Fanout(self.recorder, *([events] if events is not None else []))
+        self.others = Guarded(events or Events(), self.notes)
+        """The run's other subscribers (results files, the terminal): told after the
+        journal, and a fault of theirs never stops the engine."""
+        self.events = Fanout(self.recorder, self.others)
         gpu_watch = GpuWatch(inventory if any(sl.gpu is not None for sl in slots) else None,
                              self.notes)
         self.watchers = Watchers(terminator, gpu_watch, OomCounter(), self.events)
@@ -117,8 +120,9 @@ class Scheduler:
             self._shutdown()
             if not was_subreaper:
                 proctree.set_subreaper(False)
+            wake_w, self._wake_w = self._wake_w, -1  # a late signal's write fails harmlessly
             os.close(self._wake_r)
-            os.close(self._wake_w)
+            os.close(wake_w)
         if self.storage_error is not None:
             raise self.storage_error
 
@@ -203,6 +207,7 @@ class Scheduler:
                     log_path, self.template.marker(item.fold, item.attempt)),
             self.template.task(item.fold, item.attempt, slot, log_path), now)
         self.running[a.pid] = a
+        a.announce()
 
     # -- step 2: wait --------------------------------------------------------------
     def _next_wakeup(self, now: float) -> float:
@@ -246,13 +251,14 @@ class Scheduler:
             return
         result = ended.result
         self.gpu_slots.fold_ended(a.slot, result.status, a.fold.fold_id, a.marker, a.known_pids())
+        self.recorder.attempt_ended(a.fold, result, True)  # first: a failed write stops the run
         counted = a.used if result.status is not Status.CANCELLED else a.used - 1
         final = not (result.status in self.limits.retry_on and counted < self.limits.attempts
                      and self.stop_status is None)
         if not final:
             self.waiting.append(Waiting(a.fold, a.number + 1, time.monotonic() + self._backoff(a.used),
                                         avoid_gpu=a.slot.gpu, used=a.used))
-        self.events.attempt_ended(a.fold, result, final)
+        self.others.attempt_ended(a.fold, result, final)
 
     def _backoff(self, attempt: int) -> float:
         base = self.limits.backoff * 2.0 ** (attempt - 1)

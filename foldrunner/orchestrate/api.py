@@ -124,6 +124,7 @@ def run(
         opts.run_dir = Path(run_dir)
     opts.resume = opts.resume or resume
     s = prepare_spec(spec, overrides, **override_kw)
+    check_backend(s, opts)  # before the run dir exists: a refused backend leaves nothing
     plan = build_plan(s)
     paths = RunPaths(Path(opts.run_dir) if opts.run_dir else s.run_dir())
     if paths.root.exists() and not paths.root.is_dir():
@@ -146,7 +147,6 @@ def _run_locked(
     notes: Callable[[str], None],
 ) -> pd.DataFrame:
     check_run_dir(paths, opts.resume)
-    check_backend(s, opts)
     entry_blob = dill_entrypoint(entrypoint) if entrypoint is not None else None
     preflight(s, paths, entry_blob, opts.start_method)
     workers = opts.workers if opts.workers is not None else s.resources.workers

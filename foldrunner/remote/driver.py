@@ -16,6 +16,7 @@ import os
 import queue
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import ray
@@ -171,6 +172,9 @@ class RemoteAttempt:
     def sentinel(self) -> int:
         return self._done_r
 
+    def announce(self) -> None:
+        """Nothing yet: its start is told when its node says it started."""
+
     def read(self) -> None:
         try:
             while os.read(self._r, 4096):
@@ -212,10 +216,10 @@ class RemoteAttempt:
             self.failure = item[1]
 
     def _here(self, result: AttemptResult) -> AttemptResult:
-        """The node's account, with the driver's copy of the log."""
-        from dataclasses import replace
-
-        return replace(result, log_path=str(self.log_path))
+        """The node's account, naming the driver's copy of the log."""
+        here = str(self.log_path)
+        return replace(result, log_path=here, error=result.error.replace(result.log_path, here),
+                       note=result.note.replace(result.log_path, here))
 
     def finish(self) -> Finished:
         self._thread.join(5.0)

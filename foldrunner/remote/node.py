@@ -16,6 +16,7 @@ Ray ends them, and every fold they started sees its lifeline close and ends its 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import tempfile
 import threading
@@ -68,6 +69,12 @@ class NodeSettings:
     current directory) when the driver's path does not exist there."""
     grace: float
     start_method: str = "forkserver"
+    spares: bool = False
+    """Keep a warm spare per slot of the node (``resources.spares``)."""
+    preload: tuple[str, ...] = ()
+    per_gpu: int = 1
+    workers: int = 1
+    """Folds in flight across the cluster: no node keeps more spares than this."""
 
 
 @dataclass(frozen=True)
@@ -113,12 +120,42 @@ class NodeHelper:
         self.paths.logs.mkdir(parents=True, exist_ok=True)
         self.workdir = settings.workdir if Path(settings.workdir).is_dir() else os.getcwd()
         self.launch_lock = threading.Lock()
+        """Held for every use of the launcher (its spares are shared by the attempts'
+        threads and the thread that keeps them warm)."""
         self.launcher = LocalLauncher(
             run_id=settings.run_id, paths=self.paths, terminator=Terminator(strays=False),
             grace=settings.grace, notes=lambda text: None, env=dict(settings.env),
-            workdir=self.workdir, start_method=settings.start_method,
+            workdir=self.workdir, start_method=settings.start_method, spares=settings.spares,
+            preload=settings.preload,
         )
+        self.slots = _node_slots(self.node, settings)
         self.ends: dict[str, tuple[Status, str, bool]] = {}
+        self._closing = threading.Event()
+        if settings.spares:
+            threading.Thread(target=self._keep_warm, daemon=True, name="foldrunner spares").start()
+
+    def _keep_warm(self) -> None:
+        """One warm spare per slot of this node, all the run long (the local backend's
+        spares: a fresh process per fold, its preloads already imported)."""
+        while not self._closing.is_set():
+            with self.launch_lock:
+                self.launcher.keep_warm(self.slots, len(self.slots), time.monotonic())
+                objs = self.launcher.waitables()
+            try:
+                ready = set(wait(objs, 0.2)) if objs else set()
+            except (OSError, ValueError):  # a spare taken meanwhile: its pipe went with it
+                continue
+            if not objs:
+                self._closing.wait(0.2)
+            with self.launch_lock:
+                self.launcher.on_ready(ready)
+
+    def _slot(self, gpu: int | None) -> Slot:
+        """A slot of this node for a fold on ``gpu``: one whose spare is ready if any."""
+        fits = [sl for sl in self.slots if sl.gpu == gpu] or [Slot(len(self.slots), gpu=gpu)]
+        warm = self.launcher.spares.by_slot
+        ready = [sl for sl in fits if sl.index in warm and warm[sl.index].ready_at is not None]
+        return (ready or fits)[0]
 
     def where(self) -> tuple[str, str]:
         """``(host name, node id)`` of this helper."""
@@ -137,10 +174,12 @@ class NodeHelper:
         log_path = self.paths.log(order.fold.fold_id, order.number)
         task = replace(order.task, gpu=gpu, run_dir=str(self.root), log_path=str(log_path),
                        workdir=self.workdir)
-        a = Attempt(order.fold, order.number, order.used, Slot(0, gpu=gpu), order.limits,
-                    watchers, log_path, order.marker)
         with self.launch_lock:
+            slot = self._slot(gpu)
+            a = Attempt(order.fold, order.number, order.used, slot, order.limits, watchers,
+                        log_path, order.marker)
             a.launch(self.launcher, task, time.monotonic())
+            a.announce()
         log = _LogTail(log_path)
         for item in _drain(events):  # plain loops: Ray drives the generator with send()
             yield item
@@ -167,7 +206,29 @@ class NodeHelper:
         yield ("final", ended.result, ended.withdrawn)
 
     def close(self) -> None:
-        self.launcher.close()
+        """Retire the spares; drop this node's copies of the logs (the driver has them)."""
+        self._closing.set()
+        with self.launch_lock:
+            self.launcher.close()
+        shutil.rmtree(self.paths.logs, ignore_errors=True)
+        try:
+            self.root.rmdir()  # unless a fold left files in its run dir
+        except OSError:
+            pass
+
+
+def _node_slots(node: str, settings: NodeSettings) -> list[Slot]:
+    """This node's slots: ``per_gpu`` per GPU Ray gives it, else one per CPU; never more
+    than the run's folds in flight."""
+    resources: dict[str, float] = {}
+    for n in ray.nodes():  # type: ignore[no-untyped-call]
+        if n["NodeID"] == node:
+            resources = n.get("Resources", {})
+    gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
+    if gpus:
+        pairs = [(g, k) for g in range(gpus) for k in range(settings.per_gpu)]
+        return [Slot(i, gpu=g) for i, (g, _) in enumerate(pairs[: settings.workers])]
+    return [Slot(i) for i in range(min(cpus, settings.workers))]
 
 
 def _drain(events: _Collector) -> list[tuple[Any, ...]]:

@@ -49,7 +49,9 @@ def ray_run(s: Spec, address: str | None, namespace: str, workers: int | None, s
         def make(run_id: str, run_token: str) -> RayBackend:
             settings = NodeSettings(run_id=run_id, run_token=run_token, namespace=namespace,
                                     env=dict(s.env), workdir=str(s.workdir),
-                                    grace=s.limits.grace, start_method=start_method)
+                                    grace=s.limits.grace, start_method=start_method,
+                                    spares=s.resources.spares, preload=tuple(s.preload),
+                                    per_gpu=per_gpu, workers=n)
             return RayBackend(settings, gpus_per_fold=1.0 / per_gpu if use_gpus else 0.0)
 
         yield RayRun([Slot(i) for i in range(n)], make)

@@ -108,24 +108,38 @@ def main() -> None:
               help="Override a spec value, e.g. -o limits.timeout=10m (repeatable).")
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Run directory (default: output.dir).")
 @click.option("--resume", is_flag=True, help="Finish a run: only folds without an ok result.")
-@click.option("--gpus", help="GPUs to use: auto, none or indices like 0,1.")
-@click.option("--workers", type=click.IntRange(min=1), help="Concurrent folds without GPUs.")
+@click.option("--gpus", help="GPUs to use: auto, none or indices like 0,1 (auto or none with"
+              " --backend ray).")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Concurrent folds without GPUs (with --backend ray: folds in flight across the"
+              " cluster).")
 @click.option("--deadline", help="Stop launching and cancel running folds after this long (e.g. 6h).")
+@click.option("--backend", type=click.Choice(["local", "ray"]),
+              help="Where folds run: local (this machine) or ray (a Ray cluster; pip install"
+              " 'foldrunner[ray]'). Overrides the spec's backend.")
+@click.option("--address", metavar="HOST:PORT",
+              help="The Ray cluster's head, HOST:PORT (or auto, or local for a private Ray on"
+              " this machine). Overrides ray.address; needs the ray backend.")
 @_guard
 def run_cmd(spec: str, overrides: tuple[str, ...], run_dir: str | None, resume: bool,
-            gpus: str | None, workers: int | None, deadline: str | None) -> None:
+            gpus: str | None, workers: int | None, deadline: str | None, backend: str | None,
+            address: str | None) -> None:
     """Run every fold of SPEC."""
-    from foldrunner.orchestrate.api import RunOptions, run
+    from foldrunner.orchestrate.api import RunOptions, prepare_spec, run
+    from foldrunner.orchestrate.backend import check_backend
     from foldrunner.ui.live import make_printer
 
     deadline_at = None if deadline is None else time.monotonic() + seconds_until(deadline)
     opts = RunOptions(
         run_dir=Path(run_dir) if run_dir else None, resume=resume,
         gpus=_gpus_option(gpus), workers=workers, deadline=deadline_at,
+        backend=backend, address=address,
     )
+    s = prepare_spec(spec, list(overrides))
+    check_backend(s, opts)  # before anything is launched or written
     printer = make_printer()
     try:
-        df = run(spec, overrides=list(overrides), options=opts, events=printer, notes=printer.note)
+        df = run(s, options=opts, events=printer, notes=printer.note)
     finally:
         printer.stop()
     printer.summary(df)
@@ -151,6 +165,7 @@ def plan_cmd(spec: str, overrides: tuple[str, ...], fmt: str) -> None:
     from foldrunner.config.plan import build_plan
     from foldrunner.store.results import render
     from foldrunner.config.spec import load_spec
+    from foldrunner.orchestrate.backend import describe_backend
 
     s = load_spec(spec, list(overrides))
     plan = build_plan(s)
@@ -163,7 +178,7 @@ def plan_cmd(spec: str, overrides: tuple[str, ...], fmt: str) -> None:
         click.echo(
             f"{s.name}: {len(plan.trials)} trial(s) x {s.cv.replicates} replicate(s) x "
             f"{s.cv.folds} fold(s) = {len(plan.folds)} folds; plan {plan.hash}; "
-            f"run dir {s.run_dir()}"
+            f"run dir {s.run_dir()}; {describe_backend(s)}"
         )
     click.echo(render(pd.DataFrame(rows), fmt))
 

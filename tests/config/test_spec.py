@@ -236,7 +236,8 @@ BAD_CASES = [
     ("unknown nested key", "limits:\n  timout: 5m\n",
      "limits.timout (line 4): unknown key; did you mean 'timeout'?"),
     ("unknown key, no match", "zzz: 1\n", "zzz (line 3): unknown key; expected one of: name, entrypoint,"
-     " workdir, preload, params, search, cv, objective, resources, limits, retry, env, output"),
+     " workdir, preload, params, search, cv, objective, resources, limits, retry, env, output,"
+     " backend, ray"),
     ("str for int", "cv:\n  folds: '3'\n", "cv.folds (line 4): expected an integer, got '3' (a string)"),
     ("bool for int", "cv: {folds: true}\n", "cv.folds (line 3): expected an integer, got true (a boolean)"),
     ("float for int", "cv:\n  replicates: 2.0\n", "cv.replicates (line 4): expected an integer, got 2.0 (a number)"),

@@ -220,9 +220,9 @@ def test_an_undocumented_key_is_caught() -> None:
     documented = {k for k, _, _, _ in doc_rows()}
     NewLimits = create_model("NewLimits", __base__=LimitsSpec, max_threads=(int, 4))
     NewSpec = create_model("NewSpec", __base__=Spec, limits=(NewLimits, NewLimits()),
-                           backend=(str, "local"))
+                           scheduler=(str, "fifo"))
     problem = key_diff(NewSpec, documented)
-    assert problem is not None and "limits.max_threads" in problem and "'backend'" in problem
+    assert problem is not None and "limits.max_threads" in problem and "'scheduler'" in problem
     fields = dict(model_keys(NewSpec))
     assert default_problem("limits.max_threads", fields["limits.max_threads"], "4") is None
     assert default_problem("limits.max_threads", fields["limits.max_threads"], "5") is not None

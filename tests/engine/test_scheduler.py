@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from engine_rig import FAST, DyingSpare, Rig
+from engine_rig import FAST, DyingSpare, Recorded, Rig
 from foldrunner.engine.limits import Limits
 from foldrunner.engine.scheduler import Scheduler
 from foldrunner.gpu.inventory import Slot
@@ -158,3 +158,49 @@ def test_results_are_journaled_when_they_arrive(rig):
     t.join()
     assert seen == [("ok", 0)]  # journaled ok while it still lingered
     assert [tuple(x) for x in r.journal.db.execute("SELECT status, lingered FROM attempts")] == [("ok", 1)]
+
+
+class _Faulty(Recorded):
+    """A subscriber (a view, a results file) that fails on its first event of a kind."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def attempt_started(self, start) -> None:
+        if self.kind == "started":
+            raise RuntimeError("the view broke")
+
+    def tick(self, now: float) -> None:
+        if self.kind == "tick":
+            raise RuntimeError("the view broke")
+
+
+@pytest.mark.parametrize("kind", ["started", "tick"])
+def test_a_failing_subscriber_never_stops_the_run(rig, kind):
+    """The journal is told first and a view's fault is noted once: every fold still runs
+    to its end, none is left running (a fault at a fold's start once left it unowned)."""
+    r = rig(params={"case": "return"}, folds=3)
+    notes: list[str] = []
+    s = Scheduler(journal=r.journal, paths=r.paths, slots=[Slot(0), Slot(1)], limits=FAST,
+                  template=r.template, launcher=r.launcher, terminator=r.term,
+                  events=_Faulty(kind), notes=notes.append)
+    s.run(work(r))
+    assert [x[2] for x in rows(r)] == ["ok", "ok", "ok"]
+    assert len(notes) == 1 and "the view broke" in notes[0]
+
+
+def test_the_loop_sleeps_while_a_fold_lingers(rig):
+    """A fold that lingers after its result costs the orchestrator no busy loop."""
+    import resource
+
+    r = rig(entrypoint="behave:linger")
+    s = scheduler(r, Limits(timeout=20, grace=1, exit_timeout=3, attempts=1))
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.monotonic()
+    s.run(work(r))
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    wall = time.monotonic() - t0
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert wall >= 3  # it did linger for exit_timeout
+    assert cpu < 0.25 * wall, f"{cpu:.2f}s of CPU in {wall:.1f}s"

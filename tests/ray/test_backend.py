@@ -1,0 +1,174 @@
+"""The Ray backend on a real two-node cluster on loopback (tests/ray_cluster.py): the
+same results as the local backend, GPU pinning, folds on both nodes, a node lost mid-run,
+the driver killed and resumed. Every fold process is checked gone afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import FOLDS, journal_rows
+from foldrunner.procs import proctree
+from ray_cluster import RayCluster
+
+pytestmark = pytest.mark.timeout(240)
+
+COMPARED = ["fold_id", "status", "attempts", "metric_acc"]
+
+
+def write_spec(tmp_path: Path, name: str, **sections) -> Path:
+    spec = {
+        "name": name, "entrypoint": "matrix:train", "workdir": str(FOLDS),
+        "cv": {"folds": 1}, "resources": {"gpus": "none", "workers": 2},
+        "limits": {"timeout": "3s", "grace": "1s", "exit_timeout": "2s"},
+        "retry": {"attempts": 2, "on": ["timeout", "crashed", "memory"], "backoff": 0},
+    }
+    spec.update(sections)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def foldrunner_cli(cluster: RayCluster | None, *args: str, timeout: float = 200,
+                   **popen) -> subprocess.CompletedProcess[str]:
+    env = dict(cluster.env if cluster is not None else os.environ)
+    return subprocess.run([sys.executable, "-m", "foldrunner", *args], env=env, text=True,
+                          capture_output=True, timeout=timeout, **popen)
+
+
+def marked_alive(prefix: str = "") -> list[int]:
+    return [p.pid for p in proctree.marked_processes(prefix)
+            if (proctree.stat_ids(p.pid) or ("Z",))[0] != "Z"]
+
+
+def test_results_equal_the_local_backend(tmp_path, ray_cluster):
+    cases = ["return", "raise", "fail_once", "exit3", "hang", "memory_error", "report"]
+    spec = write_spec(tmp_path, "same", search={"grid": {"case": cases}})
+    local = foldrunner_cli(None, "run", str(spec), "--run-dir", str(tmp_path / "local"))
+    remote = foldrunner_cli(ray_cluster, "run", str(spec), "--run-dir", str(tmp_path / "ray"),
+                            "--backend", "ray", "--address", ray_cluster.address)
+    assert local.returncode == remote.returncode == 1, (local.stderr, remote.stderr)
+    a = pd.read_csv(tmp_path / "local" / "results.csv")
+    b = pd.read_csv(tmp_path / "ray" / "results.csv")
+    pd.testing.assert_frame_equal(a[COMPARED], b[COMPARED])
+    assert list(a["param_case"]) == list(b["param_case"]) == cases
+    def errors(df: pd.DataFrame) -> list[str]:  # each names its own run dir's log
+        return [re.sub(r" \(see [^)]*\)", "", e) for e in df["error"].fillna("")]
+
+    assert errors(a) == errors(b)
+    assert set(b["node"]) <= {n.node_id for n in ray_cluster.nodes}
+    assert b["host"].notna().all()
+    log = (tmp_path / "ray" / "logs" / "t0-r0-f0.1.log").read_text()
+    assert "case return attempt 1" in log  # the log came back to the driver's run dir
+    assert not marked_alive()
+
+
+def test_gpus_are_pinned_and_folds_run_on_both_nodes(tmp_path, ray_cluster):
+    spans = tmp_path / "spans"
+    spec = write_spec(
+        tmp_path, "gpus", entrypoint="rayfolds:span", params={"seconds": 1.0, "spans": str(spans)},
+        cv={"folds": 12}, resources={"gpus": "auto", "per_gpu": 1},
+        limits={"timeout": "30s", "grace": "1s", "exit_timeout": "5s"},
+    )
+    out = foldrunner_cli(ray_cluster, "run", str(spec), "--run-dir", str(tmp_path / "run"),
+                         "--backend", "ray", "--address", ray_cluster.address)
+    assert out.returncode == 0, out.stderr
+    df = pd.read_csv(tmp_path / "run" / "results.csv", dtype={"metric_cuda": str})
+    assert (df["status"] == "ok").all()
+    assert set(df["node"]) == {n.node_id for n in ray_cluster.nodes}  # both nodes worked
+    # each fold saw exactly the one GPU Ray gave it, and the journal says which
+    assert list(df["metric_cuda"]) == [str(g) for g in df["gpu"]]
+    by_gpu: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for row in df.itertuples():
+        s = json.loads((spans / f"{row.fold_id}.1.json").read_text())
+        by_gpu.setdefault((row.node, int(row.gpu)), []).append((s["t0"], s["t1"]))
+    for key, spans_ in by_gpu.items():
+        spans_.sort()
+        for (_, end), (start, _) in zip(spans_, spans_[1:]):
+            assert start >= end, f"two folds at once on GPU {key}"
+    assert not marked_alive()
+
+
+def test_a_lost_node_fails_its_attempts_which_are_retried_elsewhere(tmp_path):
+    with RayCluster(workers=1, gpus_per_node=0) as cluster:
+        spec = write_spec(
+            tmp_path, "lost", entrypoint="rayfolds:span",
+            params={"seconds": 2.0, "spans": str(tmp_path / "spans")}, cv={"folds": 8},
+            resources={"gpus": "none", "workers": 4},
+            limits={"timeout": "60s", "grace": "1s", "exit_timeout": "5s"},
+            retry={"attempts": 3, "on": ["crashed"], "backoff": 0},
+        )
+        run_dir = tmp_path / "run"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "foldrunner", "run", str(spec), "--run-dir", str(run_dir),
+             "--backend", "ray", "--address", cluster.address],
+            env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True)
+        worker = cluster.nodes[1].node_id
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:  # until a fold runs on the worker node
+            rows = journal_rows(run_dir, "fold_id, attempt, status, node")
+            if any(r[2] == "running" and r[3] == worker for r in rows):
+                break
+            time.sleep(0.2)
+        else:
+            proc.kill()
+            pytest.fail("no fold ever ran on the worker node")
+        cluster.kill_node(1)
+        out, err = proc.communicate(timeout=150)
+        assert proc.returncode == 0, err
+        df = pd.read_csv(run_dir / "results.csv")
+        assert (df["status"] == "ok").all() and (df["node"] != worker).all()
+        lost = [r for r in journal_rows(run_dir, "fold_id, attempt, status, node, error")
+                if r[3] == worker and r[2] != "ok"]
+        assert lost and all(r[2] == "crashed" for r in lost), lost
+        assert all("Ray task failed" in r[4] for r in lost), lost
+    assert not marked_alive()
+
+
+def test_a_killed_driver_leaves_no_fold_and_resume_finishes(tmp_path, ray_cluster):
+    spec = write_spec(
+        tmp_path, "driverkill", entrypoint="rayfolds:span",
+        params={"seconds": 3.0, "spans": str(tmp_path / "spans")}, cv={"folds": 8},
+        resources={"gpus": "none", "workers": 4},
+        limits={"timeout": "60s", "grace": "2s", "exit_timeout": "5s"},
+    )
+    run_dir = tmp_path / "run"
+    args = ["run", str(spec), "--run-dir", str(run_dir), "--backend", "ray", "--address",
+            ray_cluster.address]
+    proc = subprocess.Popen([sys.executable, "-m", "foldrunner", *args], env=ray_cluster.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:  # some folds done, some running
+        statuses = [r[2] for r in journal_rows(run_dir)]
+        if "ok" in statuses and "running" in statuses:
+            break
+        time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("the run never had folds done and running at once")
+    ok_before = {r[0]: r[1] for r in journal_rows(run_dir) if r[2] == "ok"}
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 2 + 5 + 10  # grace + 5 s, and Ray's own notice
+    while marked_alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not marked_alive(), "folds outlived their driver"
+    out = foldrunner_cli(ray_cluster, *args, "--resume")
+    assert out.returncode == 0, out.stderr
+    rows = journal_rows(run_dir)
+    assert {r[0] for r in rows if r[2] == "ok"} == {f"t0-r0-f{i}" for i in range(8)}
+    for fold_id, attempt in ok_before.items():  # no ok fold was run again
+        assert [r[1] for r in rows if r[0] == fold_id] == [attempt]
+    assert not marked_alive()
