@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 import yaml
 
@@ -171,4 +172,43 @@ def test_a_killed_driver_leaves_no_fold_and_resume_finishes(tmp_path, ray_cluste
     assert {r[0] for r in rows if r[2] == "ok"} == {f"t0-r0-f{i}" for i in range(8)}
     for fold_id, attempt in ok_before.items():  # no ok fold was run again
         assert [r[1] for r in rows if r[0] == fold_id] == [attempt]
+    assert not marked_alive()
+
+
+def test_address_local_starts_a_private_ray_and_stops_it(tmp_path):
+    """``ray.address: local``: a private Ray for the run, on loopback, gone after it."""
+    import tempfile
+
+    from ray_cluster import ray_env
+
+    raytmp = tempfile.mkdtemp(prefix="rl-", dir="/tmp")  # short: Ray's socket paths
+
+    def its_processes() -> list[int]:
+        found = []
+        for p in psutil.process_iter(["cmdline"]):
+            if any(raytmp in arg for arg in p.info["cmdline"] or []):
+                found.append(p.pid)
+        return found
+
+    spec = write_spec(tmp_path, "private", params={"case": "return"}, cv={"folds": 2},
+                      backend="ray", ray={"address": "local"})
+    env = {**ray_env(tmp_path / "home"), "RAY_TMPDIR": raytmp}
+    proc = subprocess.Popen([sys.executable, "-m", "foldrunner", "run", str(spec), "--run-dir",
+                             str(tmp_path / "run")], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = False
+    deadline = time.monotonic() + 200
+    while proc.poll() is None and time.monotonic() < deadline:
+        seen = seen or bool(its_processes())
+        time.sleep(0.2)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert seen, "no Ray was started in RAY_TMPDIR"
+    assert "a private Ray on this machine" in err
+    df = pd.read_csv(tmp_path / "run" / "results.csv")
+    assert list(df["status"]) == ["ok", "ok"] and df["node"].notna().all()
+    deadline = time.monotonic() + 10
+    while its_processes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not its_processes(), "the private Ray outlived its run"
     assert not marked_alive()
