@@ -69,6 +69,13 @@ class InterruptedRun(FoldrunnerError):
         self.results = results
 
 
+class BackendLost(FoldrunnerError):
+    """The backend cannot go on (the Ray cluster's head is gone): exit 1. Every fold in
+    flight ended as ``crashed``; what was journaled is kept; ``--resume`` finishes."""
+
+    exit_code = EXIT_FAILED
+
+
 class StorageError(FoldrunnerError, OSError):
     """The run directory cannot be written (a full disk, a read-only file system): exit 1.
 

@@ -91,4 +91,7 @@ class Backend(Protocol):
     def pids(self) -> set[int]:
         """Children of this process it keeps (servers, spares): never swept."""
 
+    def fault(self) -> str | None:
+        """Why it cannot go on (e.g. its cluster is gone), or None."""
+
     def close(self) -> None: ...

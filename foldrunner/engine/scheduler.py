@@ -30,7 +30,7 @@ from foldrunner.engine.attempt import Attempt, TaskTemplate, Watchers
 from foldrunner.engine.backend import Backend, InFlight
 from foldrunner.engine.events import Events, Fanout, Guarded
 from foldrunner.engine.limits import Limits
-from foldrunner.errors import StorageError
+from foldrunner.errors import BackendLost, StorageError
 from foldrunner.gpu.inventory import Inventory, Slot
 from foldrunner.gpu.slots import GpuSlots
 from foldrunner.gpu.watch import GpuWatch
@@ -109,6 +109,9 @@ class Scheduler:
                 now = time.monotonic()
                 if self.deadline is not None and now >= self.deadline and self.stop_status is None:
                     self.request_stop(Status.CANCELLED, "past the run's deadline")
+                fault = self.launcher.fault()
+                if fault is not None and self.stop_status is None:
+                    self.request_stop(Status.CRASHED, fault, hard=True)
                 self._apply_stop(now)
                 self._launch_ready(now)
                 self.launcher.keep_warm(
@@ -125,6 +128,10 @@ class Scheduler:
             os.close(wake_w)
         if self.storage_error is not None:
             raise self.storage_error
+        fault = self.launcher.fault()
+        if fault is not None:
+            raise BackendLost(f"{fault}: every fold in flight ended as crashed; the finished "
+                              "results are kept; run again with --resume when it is back")
 
     def _turn(self, now: float) -> None:
         """After a wait: each attempt's clocks, the terminator, batched writes."""

@@ -132,6 +132,10 @@ class LocalLauncher:
             if obj in sentinels and sentinels[obj].slot in self.spares.by_slot:
                 self.spares.on_death(sentinels[obj])
 
+    def fault(self) -> str | None:
+        """None: this machine's processes always can be started."""
+        return None
+
     def pids(self) -> set[int]:
         """Processes of ours that are not folds: the fork servers and the spares."""
         return server_pids() | self.spares.pids()

@@ -14,6 +14,7 @@ import itertools
 import re
 import os
 import queue
+import socket
 import threading
 import time
 from dataclasses import replace
@@ -34,6 +35,11 @@ BACKSTOP_SLACK = 60.0
 """Seconds past an attempt's own clocks after which the driver gives up on its node."""
 NODE_REFRESH = 5.0
 """Seconds between two looks for nodes that joined (each gets its helper)."""
+HEAD_CHECK = 1.0
+"""Seconds between two probes of the head's GCS port."""
+HEAD_LOST_AFTER = 3
+"""Probes in a row that found nothing listening: the head is lost (Ray itself would end
+the driver's process after a minute without its GCS)."""
 
 _RemoteHelper = ray.remote(NodeHelper)
 _attempt_task = ray.remote(run_attempt)
@@ -47,18 +53,44 @@ class RayBackend:
         self.gpus_per_fold, self.cpus_per_fold = gpus_per_fold, cpus_per_fold
         self.helpers: dict[str, Any] = {}
         self._numbers = itertools.count(1)
-        self._next_refresh = 0.0
-        self._refresh(time.monotonic())
+        self.gcs = str(ray.get_runtime_context().gcs_address)
+        self.lost: str | None = None
+        self._closing = threading.Event()
+        self._refresh()
+        # Ray's calls to the head block (up to a minute) when it is gone: the scheduler's
+        # loop never makes one; this thread watches the head and the nodes instead
+        threading.Thread(target=self._watch, daemon=True, name="foldrunner ray watch").start()
 
     # -- the cluster's nodes -------------------------------------------------------
-    def _refresh(self, now: float) -> None:
+    def _watch(self) -> None:
+        """Probe the head's GCS port every :data:`HEAD_CHECK` s; look for new nodes every
+        :data:`NODE_REFRESH` s while the head answers."""
+        misses, next_refresh = 0, time.monotonic() + NODE_REFRESH
+        while not self._closing.wait(HEAD_CHECK):
+            host, _, port = self.gcs.rpartition(":")
+            try:
+                socket.create_connection((host.strip("[]"), int(port)), timeout=0.5).close()
+                misses = 0
+            except OSError:
+                misses += 1
+                if misses >= HEAD_LOST_AFTER:
+                    self.lost = f"lost the Ray cluster's head (nothing answers at {self.gcs})"
+                    return
+                continue
+            if time.monotonic() >= next_refresh:
+                next_refresh = time.monotonic() + NODE_REFRESH
+                try:
+                    self._refresh()
+                except Exception:  # noqa: BLE001 - the next look tries again
+                    pass
+
+    def _refresh(self) -> None:
         """A helper on every live node (the driver owns them: they end with it)."""
-        self._next_refresh = now + NODE_REFRESH
         for node in ray.nodes():  # type: ignore[no-untyped-call]
             node_id = node["NodeID"]
             if not node.get("Alive") or node_id in self.helpers:
                 continue
-            self.helpers[node_id] = _RemoteHelper.options(
+            self.helpers[node_id] = _RemoteHelper.options(  # one assignment: no lock needed
                 name=helper_name(self.settings.run_token, node_id),
                 namespace=self.settings.namespace, num_cpus=0, max_concurrency=1000,
                 max_restarts=0,
@@ -66,7 +98,7 @@ class RayBackend:
             ).remote(self.settings)
 
     def helper(self, node_id: str) -> Any:
-        return self.helpers.get(node_id)
+        return dict(self.helpers).get(node_id)
 
     # -- the Backend protocol ------------------------------------------------------
     def attempt(self, attempt: Attempt, task: ChildTask, now: float) -> RemoteAttempt:
@@ -76,8 +108,10 @@ class RayBackend:
         pass
 
     def keep_warm(self, slots: list[Slot], waiting: int, now: float) -> None:
-        if now >= self._next_refresh:
-            self._refresh(now)
+        pass  # the watch thread keeps a helper on every node
+
+    def fault(self) -> str | None:
+        return self.lost
 
     def retire(self) -> None:
         pass
@@ -101,6 +135,10 @@ class RayBackend:
         return set()
 
     def close(self) -> None:
+        self._closing.set()
+        if self.lost is not None:  # nothing to ask a cluster that is gone
+            self.helpers.clear()
+            return
         for h in self.helpers.values():
             try:
                 ray.get(h.close.remote(), timeout=10)
@@ -136,6 +174,7 @@ class RemoteAttempt:
         self._r, self._w = os.pipe()
         os.set_blocking(self._r, False)
         self._done_r, self._done_w = os.pipe()
+        self._closing = threading.Lock()
         self._eof = False
         order = AttemptOrder(self.fold, self.number, self.used, self.marker, task, lim)
         self.refs = _attempt_task.options(
@@ -152,12 +191,23 @@ class RemoteAttempt:
         try:
             for ref in self.refs:  # type: ignore[attr-defined]  # an ObjectRefGenerator
                 self._q.put(ray.get(ref))
-                os.write(self._w, b"!")
+                with self._closing:
+                    if self._w < 0:
+                        return
+                    os.write(self._w, b"!")
         except Exception as exc:  # noqa: BLE001 - a lost node, a killed worker: the attempt's end
             self._q.put(("failed", _describe(exc)))
         finally:
-            os.close(self._w)
-            os.close(self._done_w)
+            self._close_writers()
+
+    def _close_writers(self) -> None:
+        """Close the relay's ends (once: from the relay, or from the scheduler's thread
+        when the cluster is gone and the relay may never return)."""
+        with self._closing:
+            if self._w >= 0:
+                os.close(self._w)
+                os.close(self._done_w)
+                self._w = self._done_w = -1
 
     # -- the InFlight protocol -----------------------------------------------------
     @property
@@ -222,7 +272,7 @@ class RemoteAttempt:
                        note=result.note.replace(result.log_path, here))
 
     def finish(self) -> Finished:
-        self._thread.join(5.0)
+        self._thread.join(0.5 if self.backend.lost else 5.0)
         self.read()
         os.close(self._r)
         os.close(self._done_r)
@@ -253,6 +303,9 @@ class RemoteAttempt:
             self.seen.kill_status, self.seen.kill_reason = status, reason
         self.seen.hard = self.seen.hard or hard
         self.ending = True
+        if self.backend.lost:  # its node's helper ends it when Ray ends the driver's job;
+            self._close_writers()  # the relay may never hear of it: the attempt ends here
+            return
         helper = self.backend.helper(self.node) if self.node else None
         if helper is not None:
             helper.end.remote(self.marker, status.value, reason, hard)

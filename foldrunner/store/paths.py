@@ -96,12 +96,13 @@ def child_path(parent: Path, name: str) -> Path:
     Before Python 3.14, pathlib interns every part of a path it parses (``sys.intern``).
     A name made anew for each fold (its log) or each results write (a temporary file) is
     then a new entry of the interpreter's table of interned strings every time: the
-    entries of the names that died are reclaimed only when the table is rebuilt, so the
-    table fills up and grows (about +1 MiB of the orchestrator's RSS once ~10,000 folds
-    have used up its slack on 3.11; measured by ``scripts/soak.py``), and on 3.12 such a
-    name is never freed at all (python/cpython#121780). ``_make_child_relpath``, what
-    pathlib itself uses to join a directory's entries to it, appends ``name`` as it is;
-    where it is missing or ``name`` is not a plain name, the ordinary join.
+    entries of the names that died are reused only when the table is rebuilt, so the
+    orchestrator used up the table's slack (about 2,300 entries after its imports, on
+    3.11) within ~1,100 folds and the table doubled (+1 MiB of RSS in one step, measured
+    by ``scripts/soak.py``); on 3.12 such names are never freed at all
+    (python/cpython#121780). ``_make_child_relpath`` (3.10-3.12), what pathlib itself
+    uses to join a directory's entries to it, appends ``name`` as it is; where it is
+    missing or ``name`` is not a plain name, the ordinary join.
     """
     make = getattr(parent, "_make_child_relpath", None)
     if make is None or not name or name in (".", "..") or "/" in name or os.sep in name:

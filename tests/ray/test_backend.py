@@ -212,3 +212,44 @@ def test_address_local_starts_a_private_ray_and_stops_it(tmp_path):
         time.sleep(0.2)
     assert not its_processes(), "the private Ray outlived its run"
     assert not marked_alive()
+
+
+def test_losing_the_head_ends_the_run_with_exit_1_and_nothing_left(tmp_path):
+    """Contract §7: in-flight attempts ``crashed``, exit 1 (before Ray's own minute is up),
+    no fold left running, the journal ready for ``--resume``."""
+    with RayCluster(workers=1, gpus_per_node=0) as cluster:
+        spec = write_spec(
+            tmp_path, "head", entrypoint="rayfolds:span",
+            params={"seconds": 3.0, "spans": str(tmp_path / "spans")}, cv={"folds": 8},
+            resources={"gpus": "none", "workers": 4},
+            limits={"timeout": "60s", "grace": "1s", "exit_timeout": "5s"},
+        )
+        run_dir = tmp_path / "run"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "foldrunner", "run", str(spec), "--run-dir", str(run_dir),
+             "--backend", "ray", "--address", cluster.address],
+            env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            statuses = [r[2] for r in journal_rows(run_dir)]
+            if statuses.count("running") >= 2:
+                break
+            time.sleep(0.1)
+        else:
+            proc.kill()
+            pytest.fail("never two folds running at once")
+        t0 = time.monotonic()
+        cluster.kill_node(0)
+        out, err = proc.communicate(timeout=120)
+        took = time.monotonic() - t0
+        assert proc.returncode == 1, err
+        assert "lost the Ray cluster's head" in err and "--resume" in err
+        assert took < 45, f"the driver took {took:.0f}s to notice"
+        rows = journal_rows(run_dir, "fold_id, attempt, status, error")
+        assert rows and all(r[2] in ("ok", "crashed") for r in rows), rows
+        assert any(r[2] == "crashed" for r in rows)
+        deadline = time.monotonic() + 10
+        while marked_alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not marked_alive()
