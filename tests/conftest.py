@@ -18,6 +18,8 @@ from foldrunner.procs import proctree
 HERE = Path(__file__).parent
 FOLDS = HERE / "folds"
 
+pytest_plugins = ["engine_rig"]  # the engine's ``rig`` fixture
+
 # Every process this test session starts inherits this tag (folds keep the orchestrator's
 # environment), so the leak check below sees this session's processes only, not those of
 # another test run on the same machine.

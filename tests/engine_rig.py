@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from multiprocess.connection import wait
 
 from conftest import FOLDS, base_spec
@@ -28,6 +29,21 @@ from foldrunner.procs.terminate import Terminator
 from foldrunner.store.journal import Journal
 from foldrunner.store.paths import RunPaths
 from foldrunner.wire.outcome import AttemptResult
+
+@pytest.fixture
+def rig(tmp_path):
+    """``rig(**kw)``: a :class:`Rig` in the test's temporary folder, closed after the test
+    (import it into a test module to use it)."""
+    made: list[Rig] = []
+
+    def make(**kw) -> Rig:
+        made.append(Rig(tmp_path, **kw))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.close()
+
 
 FAST = Limits(timeout=20.0, grace=1.0, exit_timeout=5.0, attempts=1, backoff=0.0)
 

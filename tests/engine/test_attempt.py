@@ -8,7 +8,7 @@ import time
 import pytest
 from multiprocess.connection import wait
 
-from engine_rig import FAST, DyingSpare, Rig
+from engine_rig import FAST, DyingSpare
 from foldrunner.engine.attempt import Attempt, Watchers
 from foldrunner.engine.limits import Limits
 from foldrunner.gpu.inventory import Slot
@@ -18,19 +18,6 @@ from foldrunner.procs.proctree import pid_alive
 from foldrunner.wire.outcome import Status
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def rig(tmp_path):
-    made: list[Rig] = []
-
-    def make(**kw) -> Rig:
-        made.append(Rig(tmp_path, **kw))
-        return made[-1]
-
-    yield make
-    for r in made:
-        r.close()
 
 
 def test_an_ok_fold_reports_then_its_result_arrives_before_it_ends(rig):

@@ -19,19 +19,6 @@ from foldrunner.wire.outcome import Status
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture
-def rig(tmp_path):
-    made: list[Rig] = []
-
-    def make(**kw) -> Rig:
-        made.append(Rig(tmp_path, **kw))
-        return made[-1]
-
-    yield make
-    for r in made:
-        r.close()
-
-
 def scheduler(r: Rig, limits: Limits = FAST, slots: list[Slot] | None = None, **kw) -> Scheduler:
     return Scheduler(journal=r.journal, paths=r.paths, slots=slots or [Slot(0), Slot(1)],
                      limits=limits, template=r.template, launcher=r.launcher, terminator=r.term,

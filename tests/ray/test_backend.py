@@ -52,6 +52,27 @@ def marked_alive(prefix: str = "") -> list[int]:
             if (proctree.stat_ids(p.pid) or ("Z",))[0] != "Z"]
 
 
+def start_ray_run(cluster: RayCluster, spec: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
+    """``foldrunner run SPEC --backend ray`` against ``cluster``, in a session of its own."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "foldrunner", "run", str(spec), "--run-dir", str(run_dir),
+         "--backend", "ray", "--address", cluster.address, *extra],
+        env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+
+
+def wait_for_journal(proc: subprocess.Popen, run_dir: Path, ready, what: str,
+                     columns: str = "fold_id, attempt, status, node") -> None:
+    """Poll the run's journal until ``ready(rows)``; fail (the run killed) after 90 s."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if ready(journal_rows(run_dir, columns)):
+            return
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail(f"the run never got to: {what}")
+
+
 def test_results_equal_the_local_backend(tmp_path, ray_cluster):
     cases = ["return", "raise", "fail_once", "exit3", "hang", "memory_error", "report"]
     spec = write_spec(tmp_path, "same", search={"grid": {"case": cases}})
@@ -110,21 +131,10 @@ def test_a_lost_node_fails_its_attempts_which_are_retried_elsewhere(tmp_path):
             retry={"attempts": 3, "on": ["crashed"], "backoff": 0},
         )
         run_dir = tmp_path / "run"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "foldrunner", "run", str(spec), "--run-dir", str(run_dir),
-             "--backend", "ray", "--address", cluster.address],
-            env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            start_new_session=True)
+        proc = start_ray_run(cluster, spec, run_dir)
         worker = cluster.nodes[1].node_id
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:  # until a fold runs on the worker node
-            rows = journal_rows(run_dir, "fold_id, attempt, status, node")
-            if any(r[2] == "running" and r[3] == worker for r in rows):
-                break
-            time.sleep(0.2)
-        else:
-            proc.kill()
-            pytest.fail("no fold ever ran on the worker node")
+        wait_for_journal(proc, run_dir, lambda rows: any(
+            r[2] == "running" and r[3] == worker for r in rows), "a fold running on the worker")
         cluster.kill_node(1)
         out, err = proc.communicate(timeout=150)
         assert proc.returncode == 0, err
@@ -145,28 +155,18 @@ def test_a_killed_driver_leaves_no_fold_and_resume_finishes(tmp_path, ray_cluste
         limits={"timeout": "60s", "grace": "2s", "exit_timeout": "5s"},
     )
     run_dir = tmp_path / "run"
-    args = ["run", str(spec), "--run-dir", str(run_dir), "--backend", "ray", "--address",
-            ray_cluster.address]
-    proc = subprocess.Popen([sys.executable, "-m", "foldrunner", *args], env=ray_cluster.env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:  # some folds done, some running
-        statuses = [r[2] for r in journal_rows(run_dir)]
-        if "ok" in statuses and "running" in statuses:
-            break
-        time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("the run never had folds done and running at once")
+    proc = start_ray_run(ray_cluster, spec, run_dir)
+    wait_for_journal(proc, run_dir, lambda rows: {"ok", "running"} <= {r[2] for r in rows},
+                     "folds done and folds running at once")
     ok_before = {r[0]: r[1] for r in journal_rows(run_dir) if r[2] == "ok"}
     os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc.communicate()
     deadline = time.monotonic() + 2 + 5 + 10  # grace + 5 s, and Ray's own notice
     while marked_alive() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not marked_alive(), "folds outlived their driver"
-    out = foldrunner_cli(ray_cluster, *args, "--resume")
+    out = foldrunner_cli(ray_cluster, "run", str(spec), "--run-dir", str(run_dir), "--backend",
+                         "ray", "--address", ray_cluster.address, "--resume")
     assert out.returncode == 0, out.stderr
     rows = journal_rows(run_dir)
     assert {r[0] for r in rows if r[2] == "ok"} == {f"t0-r0-f{i}" for i in range(8)}
@@ -225,20 +225,9 @@ def test_losing_the_head_ends_the_run_with_exit_1_and_nothing_left(tmp_path):
             limits={"timeout": "60s", "grace": "1s", "exit_timeout": "5s"},
         )
         run_dir = tmp_path / "run"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "foldrunner", "run", str(spec), "--run-dir", str(run_dir),
-             "--backend", "ray", "--address", cluster.address],
-            env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            start_new_session=True)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            statuses = [r[2] for r in journal_rows(run_dir)]
-            if statuses.count("running") >= 2:
-                break
-            time.sleep(0.1)
-        else:
-            proc.kill()
-            pytest.fail("never two folds running at once")
+        proc = start_ray_run(cluster, spec, run_dir)
+        wait_for_journal(proc, run_dir, lambda rows: [r[2] for r in rows].count("running") >= 2,
+                         "two folds running at once")
         t0 = time.monotonic()
         cluster.kill_node(0)
         out, err = proc.communicate(timeout=120)
