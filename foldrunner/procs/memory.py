@@ -37,6 +37,13 @@ def _pss(p: psutil.Process) -> int:
     return int(p.memory_info().rss)
 
 
+VMSTAT = Path("/proc/vmstat")
+"""Made once: a ``Path`` made per read (one read per attempt) interns its parts anew
+each time (pathlib, before Python 3.14), a new entry of the interpreter's table of
+interned strings per fold that only grows that table (see
+:func:`foldrunner.store.paths.child_path`)."""
+
+
 class OomCounter:
     """The kernel's count of OOM kills: system-wide and, where readable, this cgroup's."""
 
@@ -44,7 +51,7 @@ class OomCounter:
         self.cgroup_events = _cgroup_memory_events()
 
     def read(self) -> int:
-        total = _read_counter(Path("/proc/vmstat"), b"oom_kill ")
+        total = _read_counter(VMSTAT, b"oom_kill ")
         if self.cgroup_events is not None:
             total += _read_counter(self.cgroup_events, b"oom_kill ")
         return total

@@ -416,3 +416,15 @@ def test_each_row_names_the_host_of_its_final_attempt(tmp_path):
     assert list(df["host"]) == ["", ""]
     assert "host" in [r[1] for r in sqlite3.connect(run_dir / "journal.sqlite").execute(
         "PRAGMA table_info(attempts)")]
+
+
+def test_the_csv_written_in_chunks_is_the_whole_table_s(run, monkeypatch):
+    """``to_csv`` goes a few rows at a time (its Python objects do not grow with the
+    table, nor the orchestrator's RSS with them); the file is the one written at once."""
+    import foldrunner.store.results as results
+
+    df = load_results(run[0])
+    monkeypatch.setattr(results, "CSV_CHUNK_ROWS", 2)
+    paths = RunPaths(run[0])
+    write_results(df, paths)
+    assert len(df) > 2 and paths.results_csv.read_text() == df.to_csv(index=False)
