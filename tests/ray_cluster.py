@@ -262,6 +262,10 @@ def _reap() -> None:
 
 # --------------------------------------------------------------------------- the cluster
 
+class NodeExited(RuntimeError):
+    """A node's ``ray start`` ended while the cluster was starting (its log tail says why)."""
+
+
 @dataclass
 class RayNode:
     """One node of the cluster: node 0 is the head."""
@@ -313,7 +317,7 @@ class RayCluster:
     """
 
     def __init__(self, workers: int = 1, *, gpus_per_node: int = 2, cpus_per_node: int = 2,
-                 object_store_mb: int = 80, start_timeout: float = 90.0,
+                 object_store_mb: int = 80, start_timeout: float = 120.0,
                  keep_root: bool = False) -> None:
         why = ray_available()
         if why is not None:
@@ -336,6 +340,7 @@ class RayCluster:
         self.stop_seconds: float | None = None
         self.timings: dict[str, float] = {}  # seconds from start(): gcs_open, all_alive
         self._stopped = False
+        self._gcs_seen = False
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ life
@@ -347,9 +352,31 @@ class RayCluster:
         self.stop()
 
     def start(self) -> RayCluster:
-        """Start the head, then the workers; return once all nodes are alive in the GCS."""
+        """Start the head, then the workers; return once all nodes are alive in the GCS.
+
+        A node that exits while starting (a port picked free was taken meanwhile, on a busy
+        machine) makes it start the whole cluster once more, on other ports."""
         t0 = time.monotonic()
+        for attempt in (1, 2):
+            try:
+                self._start_once(t0)
+                break
+            except NodeExited:
+                if attempt == 2:
+                    self._remove_root()
+                    raise
+                self._stopped = False
+                for node in self.nodes:
+                    node.proc, node.node_id, node.killed = None, None, False
+            except BaseException:
+                self._remove_root()
+                raise
+        self.start_seconds = time.monotonic() - t0
+        return self
+
+    def _start_once(self, t0: float) -> None:
         atexit.register(self.stop)
+        self._gcs_seen = False
         try:
             head = self.nodes[0]
             ports = free_ports(3 + 6 * len(self.nodes))
@@ -364,8 +391,10 @@ class RayCluster:
             self._launch(head, ["--head", f"--port={gcs}", f"--ray-client-server-port={client}",
                                 f"--dashboard-port={dashboard}", "--include-dashboard=false"])
             deadline = t0 + self.start_timeout
-            while not port_open(head.ip, gcs):
+            while not (port_open(head.ip, gcs) and self._gcs_state() == "running"):
                 self._check_running(head)
+                if self._gcs_state() == "exited":
+                    raise NodeExited("the head's gcs_server exited:\n" + self.log_tail(0))
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the head's GCS {self.address} did not open")
                 time.sleep(0.1)
@@ -375,10 +404,8 @@ class RayCluster:
             self._wait_alive(deadline)
             self.timings["all_alive"] = time.monotonic() - t0
         except BaseException:
-            self.stop(verify=False)
+            self.stop(verify=False, remove=False)
             raise
-        self.start_seconds = time.monotonic() - t0
-        return self
 
     def _launch(self, node: RayNode, role: list[str]) -> None:
         p = node.ports
@@ -404,10 +431,32 @@ class RayCluster:
                 env=self.env, cwd=self.root, start_new_session=True,
             )
 
+    def _gcs_state(self) -> str:
+        """``running``, ``exited`` (a zombie, or gone) or ``none`` (not started yet): the
+        head's gcs_server. A port taken by another program between our picking and Ray's
+        binding makes it exit at once, and ``ray start`` notices only ~40 s later."""
+        head = self.nodes[0]
+        if head.proc is None:
+            return "none"
+        stats = _all_stats()
+        members = {pid for pid, st in stats.items() if st[3] == head.proc.pid}
+        for pid in members:
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    if f.read().strip() != "gcs_server":
+                        continue
+            except OSError:
+                continue
+            if stats[pid][0] in ("Z", "X"):
+                return "exited"
+            self._gcs_seen = True
+            return "running"
+        return "exited" if self._gcs_seen else "none"
+
     def _check_running(self, node: RayNode) -> None:
         if node.proc is not None and node.proc.poll() is not None:
-            raise RuntimeError(f"node {node.index} ({node.ip}) exited with {node.proc.returncode}:\n"
-                               + self.log_tail(node.index))
+            raise NodeExited(f"node {node.index} ({node.ip}) exited with {node.proc.returncode}:\n"
+                             + self.log_tail(node.index))
 
     def _wait_alive(self, deadline: float) -> None:
         want = len(self.nodes)
@@ -416,12 +465,14 @@ class RayCluster:
             left = deadline - time.monotonic()
             for node in self.nodes:
                 self._check_running(node)
+            if self._gcs_state() != "running":
+                raise NodeExited("the head's gcs_server is gone:\n" + self.log_tail(0))
             if left <= 0:
                 raise TimeoutError(f"{want} nodes not alive in time; last probe: {last[-2000:]}\n"
                                    + "\n".join(self.log_tail(n.index) for n in self.nodes))
-            try:
-                out = self.run_driver(_PROBE, str(want), str(max(1.0, left - 5)),
-                                      timeout=left + 5)
+            try:  # in rounds of at most ~30 s, to see a dead GCS in between
+                out = self.run_driver(_PROBE, str(want), str(min(15.0, max(1.0, left - 5))),
+                                      timeout=min(left, 15) + 15)
             except subprocess.TimeoutExpired:
                 last = "timed out"
                 continue
@@ -458,14 +509,18 @@ class RayCluster:
         )
 
     def drive(self, code: str, *args: str, timeout: float = 120) -> Any:
-        """``run_driver``, checked: the JSON value the driver's last line of output prints
-        (an AssertionError with its output when it fails or prints nothing)."""
+        """``run_driver``, checked: the JSON value of the last line of the driver's output
+        that is JSON (an AssertionError with its output when it fails or prints none)."""
         out = self.run_driver(code, *args, timeout=timeout)
-        lines = out.stdout.strip().splitlines()
-        if out.returncode != 0 or not lines:
-            raise AssertionError(f"driver failed (exit {out.returncode}):\n"
-                                 f"{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
-        return json.loads(lines[-1])
+        if out.returncode == 0:
+            # Ray may print after it, even with log_to_driver=False: "(raylet) A worker died..."
+            for line in reversed(out.stdout.strip().splitlines()):
+                try:
+                    return json.loads(line)
+                except ValueError:
+                    continue
+        raise AssertionError(f"driver failed (exit {out.returncode}) or printed no JSON:\n"
+                             f"{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
 
     def processes(self) -> set[int]:
         """Every live process of the cluster (all nodes' sessions and trees)."""
@@ -490,7 +545,7 @@ class RayCluster:
             node.proc.wait(timeout=10)
             node.killed = True
 
-    def stop(self, verify: bool = True) -> None:
+    def stop(self, verify: bool = True, remove: bool = True) -> None:
         """End every process of the cluster (workers first), check that none is left,
         remove its folder (unless ``keep_root``). Idempotent."""
         if self._stopped:
@@ -514,6 +569,10 @@ class RayCluster:
         if left and verify:
             raise RuntimeError("Ray processes survived stop(): "
                                + "; ".join(f"{p} {_cmdline(p)}" for p in sorted(left)))
+        if remove:
+            self._remove_root()
+
+    def _remove_root(self) -> None:
         if not self.keep_root:
             shutil.rmtree(self.root, ignore_errors=True)
 

@@ -130,6 +130,7 @@ class NodeHelper:
         )
         self.slots = _node_slots(self.node, settings)
         self.ends: dict[str, tuple[Status, str, bool]] = {}
+        self._nvml: NvmlInventory | None = None
         self._closing = threading.Event()
         if settings.spares:
             threading.Thread(target=self._keep_warm, daemon=True, name="foldrunner spares").start()
@@ -157,6 +158,12 @@ class NodeHelper:
         ready = [sl for sl in fits if sl.index in warm and warm[sl.index].ready_at is not None]
         return (ready or fits)[0]
 
+    def _inventory(self) -> NvmlInventory:
+        """This node's NVML inventory (made once: NVML's start is not free)."""
+        if self._nvml is None:
+            self._nvml = NvmlInventory()
+        return self._nvml
+
     def where(self) -> tuple[str, str]:
         """``(host name, node id)`` of this helper."""
         return self.host, self.node
@@ -169,7 +176,7 @@ class NodeHelper:
         """Run one attempt here on ``gpu``; yield what it says, then how it ended."""
         term = Terminator(self.launcher.pids, strays=False, stray_grace=self.s.grace)
         events = _Collector(self.host, self.node)
-        inventory = NvmlInventory() if gpu is not None else None
+        inventory = self._inventory() if gpu is not None else None
         watchers = Watchers(term, GpuWatch(inventory, lambda text: None), OomCounter(), events)
         log_path = self.paths.log(order.fold.fold_id, order.number)
         task = replace(order.task, gpu=gpu, run_dir=str(self.root), log_path=str(log_path),
@@ -274,12 +281,19 @@ def run_attempt(order: AttemptOrder, settings: NodeSettings) -> Iterator[tuple[A
         yield ray.get(ref)
 
 
+_HELPERS: dict[str, Any] = {}
+"""Helpers this worker process has looked up (a lookup asks the head)."""
+
+
 def _helper(settings: NodeSettings, node: str) -> Any:
     name = helper_name(settings.run_token, node)
+    if name in _HELPERS:
+        return _HELPERS[name]
     deadline = time.monotonic() + HELPER_WAIT
     while True:
         try:
-            return ray.get_actor(name, namespace=settings.namespace)
+            _HELPERS[name] = ray.get_actor(name, namespace=settings.namespace)
+            return _HELPERS[name]
         except ValueError:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no foldrunner helper on node {node} after {HELPER_WAIT:g}s")

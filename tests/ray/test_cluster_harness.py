@@ -206,7 +206,8 @@ def test_a_lost_node_fails_its_task_and_stop_leaves_no_process():
                 driver.kill()
                 driver.wait()
         assert driver.returncode == 0, (out, err[-4000:])
-        result = json.loads(out.strip().splitlines()[-1])
+        result = json.loads(next(line for line in reversed(out.strip().splitlines())
+                                 if line.startswith("{")))
         print("node lost:", json.dumps(result, indent=1))
         task, call, after = result["task"], result["actor_call"], result["actor_after"]
         assert task and task["ray_error"] and task["type"] in ("NodeDiedError", "WorkerCrashedError"), task
