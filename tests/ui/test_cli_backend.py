@@ -17,29 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FOLDS
+import test_cli
 
 pytestmark = pytest.mark.timeout(120)
 
-GOOD = f"""\
-name: clibackend
-entrypoint: flaky:train
-workdir: {FOLDS}
-search:
-  grid:
-    lr: [0.1, 0.01]
-cv:
-  folds: 2
-resources:
-  gpus: none
-  workers: 2
-limits:
-  timeout: 30s
-  grace: 1s
-retry:
-  attempts: 1
-  backoff: 0
-"""
+# test_cli.py's spec without its objective, under a name of its own
+GOOD = test_cli.GOOD.replace("name: clitest", "name: clibackend").split("objective:")[0]
 
 BLOCK_RAY = "import sys; sys.modules['ray'] = None; "
 """Prefix of a `python -c` program: `import ray` fails in it as if Ray were not installed."""
