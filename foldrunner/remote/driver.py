@@ -24,6 +24,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from foldrunner.child.task import ChildTask
+from foldrunner.defaults import Timing
 from foldrunner.engine.attempt import Attempt, Finished
 from foldrunner.engine.events import AttemptStart
 from foldrunner.engine.verdict import Observed
@@ -141,7 +142,7 @@ class RayBackend:
             return
         for h in self.helpers.values():
             try:
-                ray.get(h.close.remote(), timeout=10)
+                ray.get(h.close.remote(), timeout=self.settings.grace + Timing.REAP_WAIT + 5)
             except Exception:  # noqa: BLE001 - a helper of a lost node
                 pass
             ray.kill(h)
@@ -190,11 +191,14 @@ class RemoteAttempt:
     def _relay(self) -> None:
         try:
             for ref in self.refs:  # type: ignore[attr-defined]  # an ObjectRefGenerator
-                self._q.put(ray.get(ref))
+                item = ray.get(ref)
+                self._q.put(item)
                 with self._closing:
                     if self._w < 0:
                         return
                     os.write(self._w, b"!")
+                if item[0] == "final":  # the node ends its leftovers on its own from here
+                    break
         except Exception as exc:  # noqa: BLE001 - a lost node, a killed worker: the attempt's end
             self._q.put(("failed", _describe(exc)))
         finally:

@@ -131,6 +131,9 @@ class NodeHelper:
         self.slots = _node_slots(self.node, settings)
         self.ends: dict[str, tuple[Status, str, bool]] = {}
         self._nvml: NvmlInventory | None = None
+        self._cleaning = threading.Condition()
+        self._cleanups = 0
+        """Attempts whose end was told and whose leftovers are still being ended."""
         self._closing = threading.Event()
         if settings.spares:
             threading.Thread(target=self._keep_warm, daemon=True, name="foldrunner spares").start()
@@ -198,7 +201,6 @@ class NodeHelper:
                 a.read()
             if a.sentinel in ready:
                 ended = a.finish()
-                term.wait(time.monotonic() + order.limits.grace + Timing.REAP_WAIT)
             else:
                 request = self.ends.pop(order.marker, None)
                 if request is not None:
@@ -210,10 +212,24 @@ class NodeHelper:
             for item in log.chunks(force=ended is not None):
                 yield item
         self.ends.pop(order.marker, None)
-        yield ("final", ended.result, ended.withdrawn)
+        with self._cleaning:
+            self._cleanups += 1
+        try:
+            # the driver frees the slot now, as the local backend does while its
+            # terminator ends what the fold left; close() waits for these cleanups
+            yield ("final", ended.result, ended.withdrawn)
+            term.wait(time.monotonic() + order.limits.grace + Timing.REAP_WAIT)
+        finally:
+            with self._cleaning:
+                self._cleanups -= 1
+                self._cleaning.notify_all()
 
     def close(self) -> None:
-        """Retire the spares; drop this node's copies of the logs (the driver has them)."""
+        """Wait (bounded) for the attempts' leftovers to be ended, retire the spares, drop
+        this node's copies of the logs (the driver has them)."""
+        with self._cleaning:
+            self._cleaning.wait_for(lambda: self._cleanups == 0,
+                                    timeout=self.s.grace + Timing.REAP_WAIT + 1.0)
         self._closing.set()
         with self.launch_lock:
             self.launcher.close()
