@@ -513,10 +513,12 @@ class RayCluster:
         that is JSON (an AssertionError with its output when it fails or prints none)."""
         out = self.run_driver(code, *args, timeout=timeout)
         if out.returncode == 0:
-            # Ray may print after it, even with log_to_driver=False: "(raylet) A worker died..."
+            # Ray may print after it, even with log_to_driver=False: "(raylet) A worker died...",
+            # from another thread, even on the same line as the JSON: read a JSON prefix
+            decoder = json.JSONDecoder()
             for line in reversed(out.stdout.strip().splitlines()):
                 try:
-                    return json.loads(line)
+                    return decoder.raw_decode(line.strip())[0]
                 except ValueError:
                     continue
         raise AssertionError(f"driver failed (exit {out.returncode}) or printed no JSON:\n"
