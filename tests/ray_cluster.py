@@ -24,7 +24,8 @@ What it does, as RAY-TESTING.md asks, so that nothing leaves the machine:
   that to every node (workers first, the head last) and then checks that no process of
   the cluster is alive; never ``ray stop`` (which stops every Ray on the machine).
 
-Only the standard library is imported here: ray is needed by the drivers, not by this file.
+Only the standard library and foldrunner.remote.cluster (its Ray settings; it imports no
+ray) are imported here: ray is needed by the drivers, not by this file.
 """
 
 from __future__ import annotations
@@ -45,16 +46,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from foldrunner.remote.cluster import BOOTSTRAP_CONFIG, QUIET_ENV
+
 __all__ = ["RAY_SAFE_ENV", "RayCluster", "RayNode", "alive", "free_ports", "port_open",
            "ray_available", "ray_env", "session_processes"]
 
 # What every Ray process (node or driver) must run with; HOME is added per cluster.
-RAY_SAFE_ENV = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/",
-    "RAY_AUTH_MODE": "disabled",
-}
-BOOTSTRAP_CONFIG = "provider: {type: local}\n"
+# the settings foldrunner itself runs Ray with (usage stats off, auth off, local provider)
+RAY_SAFE_ENV = QUIET_ENV
 
 
 def ray_available() -> str | None:

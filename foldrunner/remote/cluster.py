@@ -20,6 +20,9 @@ QUIET_ENV = {
     "RAY_AUTH_MODE": "disabled",
 }
 """Set in the driver (and so in every Ray process it starts): no usage reports."""
+BOOTSTRAP_CONFIG = "provider: {type: local}\n"
+"""``HOME/ray_bootstrap_config.yaml`` of a private cluster: Ray then skips the cloud
+metadata probe."""
 PRIVATE_NODE_IP = "127.0.0.2"
 """The private cluster's address: loopback, but not 127.0.0.1 (which Ray rewrites into
 the machine's outward address)."""
@@ -66,7 +69,7 @@ def _private_home() -> Iterator[None]:
     """``HOME`` of the processes a private cluster starts: one that says the provider is
     local (Ray then skips the cloud metadata probe)."""
     home = Path(tempfile.mkdtemp(prefix="foldrunner-ray-home-"))
-    (home / "ray_bootstrap_config.yaml").write_text("provider: {type: local}\n")
+    (home / "ray_bootstrap_config.yaml").write_text(BOOTSTRAP_CONFIG)
     old = os.environ.get("HOME")
     os.environ["HOME"] = str(home)
     try:

@@ -167,10 +167,6 @@ class NodeHelper:
             self._nvml = NvmlInventory()
         return self._nvml
 
-    def where(self) -> tuple[str, str]:
-        """``(host name, node id)`` of this helper."""
-        return self.host, self.node
-
     def end(self, marker: str, status: str, reason: str, hard: bool) -> None:
         """End the attempt ``marker`` (a stop, the driver's clock): as ``Attempt.end``."""
         self.ends[marker] = (Status(status), reason, hard)
