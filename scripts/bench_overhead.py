@@ -17,6 +17,11 @@ backend (``--folds`` folds), Ray Tune with one trial per fold and plain Ray task
 ``max_calls=1`` (``--ray-folds`` each), all ``--workers`` at a time.
 
     python scripts/bench_overhead.py --folds 100 --workers 2 --ray
+
+The Ray rows say the whole run's rate (its start included: imports, preflight, connecting,
+the nodes' helpers) and its in-run rate (first fold's start to last fold's end), each
+against the local backend's; and the idle gap of one slot between TensorFlow folds, local
+warm spares against the Ray backend on a remote node (``--tf-folds``, ``--tf-work``).
 """
 
 from __future__ import annotations
@@ -80,7 +85,19 @@ def foldrunner_run(n: int, workers: int) -> float:
         df = foldrunner.run(spec)
         elapsed = time.perf_counter() - t0
         assert (df["status"] == "ok").all() and len(df) == n, df["status"].value_counts()
+    IN_RUN.append(in_run_seconds(df))
     return elapsed
+
+
+IN_RUN: list[float] = []
+"""The in-run seconds (see :func:`in_run_seconds`) of each foldrunner_run, in order."""
+
+
+def in_run_seconds(df) -> float:
+    """From the first fold's start to the last fold's end (the results table's clocks):
+    the run's time without its fixed start (imports, preflight; with Ray, connecting and
+    the nodes' helpers), which a sweep of days pays once."""
+    return float(df["ended_at"].max() - df["started_at"].min())
 
 
 # --------------------------------------------------------------------------- --ray
@@ -159,7 +176,7 @@ with tempfile.TemporaryDirectory() as tmp:
     t0 = time.perf_counter()
     try:
         df = foldrunner.run(spec)
-    except Exception as e:  # no Ray backend (yet), or it failed: the bench goes on
+    except Exception as e:  # the Ray backend failed: the bench goes on
         print(json.dumps({"unavailable": f"{type(e).__name__}: {e}"[:600]}))
         sys.exit(0)
     elapsed = time.perf_counter() - t0
@@ -167,7 +184,29 @@ with tempfile.TemporaryDirectory() as tmp:
     if ok != n or len(df) != n:
         print(json.dumps({"unavailable": f"{ok} of {n} folds ok: {df['status'].value_counts().to_dict()}"}))
         sys.exit(0)
-print(json.dumps({"seconds": elapsed}))
+in_run = float(df["ended_at"].max() - df["started_at"].min())
+print(json.dumps({"seconds": elapsed, "in_run": in_run,
+                  "hosts": sorted(set(df["host"])), "nodes": int(df["node"].nunique()) if "node" in df else 0}))
+"""
+
+_RAY_TF = """
+import json, statistics, sys, tempfile
+from pathlib import Path
+address, n, work, workdir = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+import foldrunner
+with tempfile.TemporaryDirectory() as tmp:
+    spec = {
+        "name": "startup", "entrypoint": "_tf_fold:fold", "workdir": workdir,
+        "preload": ["tensorflow"], "params": {"work": work}, "cv": {"folds": n},
+        "resources": {"gpus": "none", "workers": 1, "spares": True},
+        "env": {"TF_CPP_MIN_LOG_LEVEL": "3"}, "output": {"dir": str(Path(tmp) / "run")},
+        "backend": "ray", "ray": {"address": address},
+    }
+    df = foldrunner.run(spec)
+assert (df["status"] == "ok").all(), df[["status", "error"]].to_dict()
+df = df.sort_values("started_at")
+gaps = list(df["metric_first_line"].iloc[1:].values - df["ended_at"].iloc[:-1].values)
+print(json.dumps({"gap": statistics.median(gaps), "nodes": sorted(set(df["node"]))}))
 """
 
 
@@ -190,18 +229,31 @@ def ray_tasks_max_calls_1(cluster, n: int, workers: int) -> float:
     return _on_cluster(cluster, _RAY_TASKS, n, workers)["seconds"]
 
 
-def measure_ray_backend(cluster, n: int, workers: int) -> float | str:
-    """HOOK for the Ray backend (issue 11): seconds for n trivial folds through
-    ``foldrunner.run(spec with backend: ray, ray.address = the cluster)``, preflight included
-    as in the local row; or, where foldrunner refuses the spec or the run fails, the reason
-    (a string): the row is then reported as not available."""
+def measure_ray_backend(cluster, n: int, workers: int) -> dict | str:
+    """n trivial folds through ``foldrunner.run(spec with backend: ray, ray.address = the
+    cluster)``: ``{"seconds": whole run, connecting and preflight included as in the local
+    row, "in_run": first fold's start to last fold's end}``; or, where the run fails, why."""
     import subprocess
 
     try:
         out = _on_cluster(cluster, _RAY_BACKEND, n, workers, HERE, timeout=600)
     except (RuntimeError, subprocess.TimeoutExpired) as e:
         return f"the run failed: {e}"[:800]
-    return out.get("seconds", out.get("unavailable", "?"))
+    return out if "seconds" in out else out.get("unavailable", "?")
+
+
+def tf_idle_gaps(folds: int, work: float) -> tuple[float, float, list[str]]:
+    """The idle gap of one slot between consecutive TensorFlow folds (bench_startup.py's
+    measure: the previous fold's end to the next fold's first line), median: with local
+    warm spares, and with the Ray backend on a remote node (a cluster whose head has no
+    CPU, so every fold runs on the other node, warm spares kept by its helper)."""
+    from bench_startup import run_mode
+
+    local = run_mode("warm spares", folds, work, True, "forkserver")["gap"]
+    harness = load_harness()
+    with harness.RayCluster(workers=1, gpus_per_node=0, head_cpus=0) as cluster:
+        out = _on_cluster(cluster, _RAY_TF, folds, work, HERE, timeout=900)
+    return local, out["gap"], out["nodes"]
 
 
 def ray_rows(args: argparse.Namespace, local_folds_per_s: float) -> None:
@@ -218,24 +270,38 @@ def ray_rows(args: argparse.Namespace, local_folds_per_s: float) -> None:
         tune_s = ray_tune(cluster, m, w)
         tasks_s = ray_tasks_max_calls_1(cluster, m, w)
     print(f"  (cluster stopped in {cluster.stop_seconds:.2f}s)")
+    local_in_run = n / min(IN_RUN[-args.repeat:])
     rates = {"foldrunner, local backend": (n, local_folds_per_s)}
-    if isinstance(backend, float):
-        rates["foldrunner, Ray backend"] = (n, n / backend)
+    if isinstance(backend, dict):
+        rates["foldrunner, Ray backend"] = (n, n / backend["seconds"])
     rates["Ray Tune, 1 trial per fold"] = (m, m / tune_s)
     rates["Ray tasks, max_calls=1"] = (m, m / tasks_s)
-    print(f"trivial folds at {w} in flight, side by side on that cluster:")
+    print(f"trivial folds at {w} in flight, side by side on that cluster (whole runs, their start included):")
     for name, (count, rate) in rates.items():
         print(f"  {name:27}: {rate:7.2f} folds/s  {1000 / rate:7.1f} ms/fold  ({count} folds)")
-    if not isinstance(backend, float):
+    if not isinstance(backend, dict):
         print(f"  {'foldrunner, Ray backend':27}: not available ({backend})")
     local, tune_rate, tasks_rate = local_folds_per_s, m / tune_s, m / tasks_s
     print(f"  foldrunner local / Ray Tune   : {local / tune_rate:7.1f}x  (goal: >= 50x)")
     print(f"  foldrunner local / Ray tasks  : {local / tasks_rate:7.1f}x  (goal: >= 20x)")
-    if isinstance(backend, float):
-        rb = n / backend
+    if isinstance(backend, dict):
+        rb = n / backend["seconds"]
+        rb_in = n / backend["in_run"]
         print(f"  Ray backend / Ray Tune        : {rb / tune_rate:7.1f}x  (goal: >= 10x)")
         print(f"  Ray backend / Ray tasks       : {rb / tasks_rate:7.1f}x")
-        print(f"  Ray backend / local backend   : {rb / local:7.2f}   (goal: >= 0.5)")
+        print(f"  Ray backend / local backend   : {rb / local:7.2f}   whole runs"
+              f" (start: Ray {backend['seconds'] - backend['in_run']:.1f}s,"
+              f" local {n / local - n / local_in_run:.1f}s)")
+        print(f"  Ray backend / local backend   : {rb_in / local_in_run:7.2f}   in-run throughput, first"
+              f" fold's start to last fold's end ({rb_in:.1f} against {local_in_run:.1f} folds/s;"
+              f" goal: >= 0.5); folds ran on {backend.get('nodes', '?')} node(s)")
+    if args.tf_folds:
+        local_gap, ray_gap, nodes = tf_idle_gaps(args.tf_folds, args.tf_work)
+        print(f"TensorFlow folds, one slot, {args.tf_folds} folds of {args.tf_work:g}s (idle gap between"
+              f" folds, median):")
+        print(f"  local backend, warm spares    : {local_gap * 1000:7.0f} ms")
+        print(f"  Ray backend, a remote node    : {ray_gap * 1000:7.0f} ms  (node {', '.join(n[:8] for n in nodes)})")
+        print(f"  Ray remote / local            : {ray_gap / local_gap:7.2f}x  (goal: <= 2x)")
 
 
 def main() -> int:
@@ -250,6 +316,10 @@ def main() -> int:
                     help="trials for Ray Tune and Ray tasks (they are slow); the Ray backend runs --folds")
     ap.add_argument("--ray-nodes", type=int, default=2,
                     help="nodes of that cluster: a head and N-1 workers, 2 CPUs each (default 2)")
+    ap.add_argument("--tf-folds", type=int, default=6,
+                    help="with --ray: TensorFlow folds for the idle-gap row, local warm spares against"
+                         " a remote Ray node (0: skip it)")
+    ap.add_argument("--tf-work", type=float, default=2.0, help="seconds of work of each TensorFlow fold")
     args = ap.parse_args()
     sys.path.insert(0, str(HERE))
     bare_loop(10, args.workers)  # warm up: start the fork servers, fill the caches

@@ -316,14 +316,16 @@ class RayCluster:
     """
 
     def __init__(self, workers: int = 1, *, gpus_per_node: int = 2, cpus_per_node: int = 2,
-                 object_store_mb: int = 80, start_timeout: float = 120.0,
-                 keep_root: bool = False) -> None:
+                 head_cpus: int | None = None, object_store_mb: int = 80,
+                 start_timeout: float = 120.0, keep_root: bool = False) -> None:
         why = ray_available()
         if why is not None:
             raise RuntimeError(why)
         self.workers = workers
         self.gpus_per_node = gpus_per_node
         self.cpus_per_node = cpus_per_node
+        self.head_cpus = cpus_per_node if head_cpus is None else head_cpus
+        """The head's CPUs: 0 puts every task (each asks for a CPU) on the other nodes."""
         self.object_store_mb = object_store_mb
         self.start_timeout = start_timeout
         self.keep_root = keep_root
@@ -410,7 +412,8 @@ class RayCluster:
         p = node.ports
         cmd = [*_ray_command(), "start", "--block", *role,  # type: ignore[misc]
                f"--node-ip-address={node.ip}",
-               f"--num-cpus={self.cpus_per_node}", f"--num-gpus={self.gpus_per_node}",
+               f"--num-cpus={self.head_cpus if node.index == 0 else self.cpus_per_node}",
+               f"--num-gpus={self.gpus_per_node}",
                f"--resources={json.dumps({node.resource: 100})}",
                f"--object-store-memory={self.object_store_mb * 1024 * 1024}",
                "--disable-usage-stats",

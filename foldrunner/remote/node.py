@@ -73,6 +73,9 @@ class NodeSettings:
     """Keep a warm spare per slot of the node (``resources.spares``)."""
     preload: tuple[str, ...] = ()
     per_gpu: int = 1
+    gpus: bool = False
+    """Folds ask Ray for a share of a GPU (``gpus: auto`` on a cluster with GPUs): slots,
+    and their spares, are per GPU; else per CPU, whatever GPUs the node has."""
     workers: int = 1
     """Folds in flight across the cluster: no node keeps more spares than this."""
 
@@ -237,14 +240,16 @@ class NodeHelper:
 
 
 def _node_slots(node: str, settings: NodeSettings) -> list[Slot]:
-    """This node's slots: ``per_gpu`` per GPU Ray gives it, else one per CPU; never more
-    than the run's folds in flight."""
+    """This node's slots: ``per_gpu`` per GPU Ray gives it when folds use GPUs, else one
+    per CPU; never more than the run's folds in flight."""
     resources: dict[str, float] = {}
     for n in ray.nodes():  # type: ignore[no-untyped-call]
         if n["NodeID"] == node:
             resources = n.get("Resources", {})
-    gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
-    if gpus:
+    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
+    if not cpus:  # no attempt runs here (each asks for a CPU): no spares either
+        return []
+    if gpus and settings.gpus:
         pairs = [(g, k) for g in range(gpus) for k in range(settings.per_gpu)]
         return [Slot(i, gpu=g) for i, (g, _) in enumerate(pairs[: settings.workers])]
     return [Slot(i) for i in range(min(cpus, settings.workers))]

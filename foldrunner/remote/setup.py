@@ -51,7 +51,7 @@ def ray_run(s: Spec, address: str | None, namespace: str, workers: int | None, s
                                     env=dict(s.env), workdir=str(s.workdir),
                                     grace=s.limits.grace, start_method=start_method,
                                     spares=s.resources.spares, preload=tuple(s.preload),
-                                    per_gpu=per_gpu, workers=n)
+                                    per_gpu=per_gpu, gpus=use_gpus, workers=n)
             return RayBackend(settings, gpus_per_fold=1.0 / per_gpu if use_gpus else 0.0)
 
         yield RayRun([Slot(i) for i in range(n)], make)

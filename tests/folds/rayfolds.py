@@ -16,3 +16,13 @@ def span(ctx):
         {"cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "gpu": ctx.gpu, "t0": t0,
          "t1": time.time(), "pid": os.getpid()}))
     return {"acc": 0.5 + ctx.fold / 100, "cuda": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+
+
+def aged(ctx):
+    """Sleep ``seconds``; return how old this process was when the entry point began (a
+    warm spare was started before its fold was given to it; a cold start was not)."""
+    with open("/proc/self/stat") as f:
+        started_ticks = int(f.read().rpartition(")")[2].split()[19])
+    age = time.clock_gettime(time.CLOCK_BOOTTIME) - started_ticks / os.sysconf("SC_CLK_TCK")
+    time.sleep(ctx.params.get("seconds", 0.0))
+    return {"age": age}

@@ -121,6 +121,25 @@ def test_gpus_are_pinned_and_folds_run_on_both_nodes(tmp_path, ray_cluster):
     assert not marked_alive()
 
 
+def test_folds_without_gpus_start_from_warm_spares_on_a_cluster_with_gpus(tmp_path, ray_cluster):
+    # the cluster declares GPUs, the spec uses none: the nodes' helpers keep a spare per
+    # CPU slot, and each fold after the first on a slot takes one, a process started
+    # while the previous fold ran; a cold start's process begins with its attempt
+    spec = write_spec(
+        tmp_path, "warm", entrypoint="rayfolds:aged", params={"seconds": 1.5}, cv={"folds": 6},
+        resources={"gpus": "none", "workers": 2},
+        limits={"timeout": "30s", "grace": "1s", "exit_timeout": "5s"},
+    )
+    out = foldrunner_cli(ray_cluster, "run", str(spec), "--run-dir", str(tmp_path / "run"),
+                         "--backend", "ray", "--address", ray_cluster.address)
+    assert out.returncode == 0, out.stderr
+    df = pd.read_csv(tmp_path / "run" / "results.csv")
+    assert (df["status"] == "ok").all() and df["gpu"].isna().all()
+    ages = sorted(df["metric_age"])
+    assert sum(a > 1.0 for a in ages) >= 3, f"process ages at the entry point (s): {ages}"
+    assert not marked_alive()
+
+
 def test_a_lost_node_fails_its_attempts_which_are_retried_elsewhere(tmp_path):
     with RayCluster(workers=1, gpus_per_node=0) as cluster:
         spec = write_spec(
