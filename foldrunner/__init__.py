@@ -1,6 +1,6 @@
 """foldrunner: run every cross-validation fold in a fresh process.
 
-The public API: :func:`run`, :func:`load_results`, :class:`FoldContext`, the exceptions.
+The public API: :func:`run`, :func:`load_results`, :func:`load_reports`, :class:`FoldContext`, the exceptions.
 Attributes are imported lazily, so that a fold's process (which imports
 ``foldrunner.child.entry``) does not pay for pandas, pydantic or YAML.
 """
@@ -15,6 +15,7 @@ _EXPORTS = {
     "run": "foldrunner.orchestrate.api",
     "RunOptions": "foldrunner.orchestrate.api",
     "load_results": "foldrunner.store.results",
+    "load_reports": "foldrunner.store.reports",
     "summarize": "foldrunner.store.results",
     "load_spec": "foldrunner.config.spec",
     "Spec": "foldrunner.config.spec",
@@ -42,6 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from foldrunner.wire.outcome import Status
     from foldrunner.config.plan import build_plan
     from foldrunner.store.results import load_results, summarize
+    from foldrunner.store.reports import load_reports
     from foldrunner.config.spec import Spec, load_spec
 
 

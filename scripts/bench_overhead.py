@@ -319,7 +319,7 @@ def main() -> int:
     ap.add_argument("--tf-folds", type=int, default=6,
                     help="with --ray: TensorFlow folds for the idle-gap row, local warm spares against"
                          " a remote Ray node (0: skip it)")
-    ap.add_argument("--tf-work", type=float, default=2.0, help="seconds of work of each TensorFlow fold")
+    ap.add_argument("--tf-work", type=float, default=6.0, help="seconds of work of each TensorFlow fold")
     args = ap.parse_args()
     sys.path.insert(0, str(HERE))
     bare_loop(10, args.workers)  # warm up: start the fork servers, fill the caches

@@ -90,8 +90,13 @@ def _redirect_output(log_path: str) -> None:
 
 
 def _set_environment(env: dict[str, str], gpu: int | None, marker: str, workdir: str) -> None:
-    """The spec's ``env``, the GPU (empty without one), memory growth, the marker, workdir."""
+    """The spec's ``env``, the GPU (empty without one), memory growth, the marker, workdir.
+
+    ``gpu`` is NVML's index, which orders GPUs by PCI bus; CUDA's own order puts the
+    fastest first, so on a machine with mixed GPUs the index would name another one:
+    CUDA is told to count as NVML does (unless the spec's ``env`` says otherwise)."""
     os.environ.update(env)
+    os.environ["CUDA_DEVICE_ORDER"] = env.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     os.environ["CUDA_VISIBLE_DEVICES"] = "" if gpu is None else str(gpu)
     os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
     os.environ[MARKER_ENV] = marker

@@ -242,6 +242,16 @@ Gpus = Annotated[Union[Literal["auto", "none"], list[int]], PlainValidator(_pars
 RetryOn = Annotated[list[str], PlainValidator(_parse_retry_on)]
 Backend = Literal["local", "ray"]
 RayAddress = Annotated[str, PlainValidator(_parse_ray_address)]
+def _parse_cpus(value: object) -> float:
+    """CPUs of a fold's Ray task: a number above 0, at most 1024 (0.5 shares a CPU)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and math.isfinite(value) and 0 < value <= 1024:
+        return float(value)
+    raise ValueError(f"expected a number of CPUs above 0 and at most 1024, e.g. 1, 0.5 or 4;"
+                     f" got {got(value)}")
+
+
+CpusPerFold = Annotated[float, PlainValidator(_parse_cpus)]
 RayNamespace = Annotated[StrictStr, Field(max_length=100), _matching(
     r"[A-Za-z0-9._-]+", "namespace", "use letters, digits, '.', '_' and '-'")]
 Grid = Annotated[dict[ParamName, Annotated[list[Any], _non_empty("empty list of values")]],

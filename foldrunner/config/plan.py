@@ -46,12 +46,43 @@ def fold_id(trial: int, replicate: int, fold: int) -> str:
 
 
 @dataclass(frozen=True)
+class Adaptive:
+    """An adaptive (``search.optuna``) search: at most ``trials`` trials, each asked of the
+    study as a slot comes free, so its folds are made one trial at a time (:meth:`folds_of`)."""
+
+    trials: int
+    replicates: int
+    folds: int
+    cv_seed: int
+    base: Mapping[str, Any] = field(hash=False)
+    """The fixed ``params`` every trial's parameters are merged into."""
+
+    @property
+    def per_trial(self) -> int:
+        return self.replicates * self.folds
+
+    @property
+    def max_folds(self) -> int:
+        return self.trials * self.per_trial
+
+    def folds_of(self, trial: int, params: Mapping[str, Any]) -> list[Fold]:
+        """Every fold of ``trial`` in launch order (replicate-major, then fold order); its
+        index is its place in the trial-major order of all trials."""
+        merged = {**self.base, **params}
+        return [Fold(trial * self.per_trial + r * self.folds + k, trial, r, k, self.folds,
+                     (self.cv_seed + r) % SEED_SPACE, merged)
+                for r in range(self.replicates) for k in range(self.folds)]
+
+
+@dataclass(frozen=True)
 class Plan:
-    """The expanded spec: its trials (parameter sets) and its folds in run order."""
+    """The expanded spec: its trials (parameter sets) and its folds in run order. An
+    adaptive search has neither up front: ``adaptive`` says how its folds are made."""
 
     trials: tuple[Mapping[str, Any], ...]
     folds: tuple[Fold, ...]
     hash: str
+    adaptive: Adaptive | None = None
 
     @property
     def param_names(self) -> list[str]:
@@ -79,11 +110,14 @@ def _sample(rng: random.Random, dist: Mapping[str, Any]) -> Any:
 
 
 def trials_of(spec: Spec) -> list[dict[str, Any]]:
-    """The parameter set of every trial: fixed params merged with the search's."""
+    """The parameter set of every trial: fixed params merged with the search's (none up
+    front for an adaptive search)."""
     base = dict(spec.params)
     search = spec.search
     if search is None:
         return [base]
+    if search.optuna is not None:
+        return []
     if search.grid is not None:
         keys = list(search.grid)
         return [
@@ -107,9 +141,12 @@ def _dist_mapping(dist: Any) -> Mapping[str, Any]:
 
 
 def build_plan(spec: Spec) -> Plan:
-    """Expand a spec into its plan (trials x replicates x folds, trial-major)."""
-    trials = trials_of(spec)
+    """Expand a spec into its plan (trials x replicates x folds, trial-major); an adaptive
+    search's plan has no folds up front (see :class:`Adaptive`)."""
     cv = spec.cv
+    if spec.search is not None and spec.search.optuna is not None:
+        return _adaptive_plan(spec)
+    trials = trials_of(spec)
     folds: list[Fold] = []
     for t, params in enumerate(trials):
         for r in range(cv.replicates):
@@ -124,3 +161,17 @@ def plan_hash(folds: list[Fold] | tuple[Fold, ...]) -> str:
     doc = [[f.fold_id, f.folds, f.seed, dict(f.params)] for f in folds]
     text = json.dumps(doc, sort_keys=True, default=repr, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _adaptive_plan(spec: Spec) -> Plan:
+    """The plan of a ``search.optuna`` spec. Its hash covers what makes the study's trials
+    comparable (the space, sampler, seed, pruner, the fixed params, the folds and their
+    seeds, the objective), not ``trials``: a resume may raise the budget."""
+    opt = spec.search.optuna if spec.search is not None else None
+    assert opt is not None
+    data = spec.to_dict()
+    search = {k: v for k, v in data["search"]["optuna"].items() if k not in ("trials", "concurrent_trials")}
+    doc = {"optuna": search, "params": data["params"], "cv": data["cv"], "objective": data["objective"]}
+    text = json.dumps(doc, sort_keys=True, default=repr, separators=(",", ":"))
+    adaptive = Adaptive(opt.trials, spec.cv.replicates, spec.cv.folds, spec.cv.seed, dict(spec.params))
+    return Plan((), (), "a" + hashlib.sha256(text.encode()).hexdigest()[:15], adaptive)

@@ -20,10 +20,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, StrictBool, StrictInt, StrictStr,
-                      ValidationError, model_validator)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, StrictBool,
+                      StrictInt, StrictStr, ValidationError, model_validator)
 
-from foldrunner.config.fields import (Backend, Count, Duration, DurationOrZero, EntryPoint, EnvName,
+from foldrunner.config.fields import (Backend, Count, CpusPerFold, Duration, DurationOrZero, EntryPoint, EnvName,
                                       EnvValue, Gpus, Grid, Invalid, ModuleName, OutputDir, ParamName,
                                       RayAddress, RayNamespace, RetryOn, RunName, Seed, Size,
                                       SizeOrZero, Space, Workdir, got)
@@ -49,16 +49,89 @@ class RandomSearch(_Section):
     space: Space
 
 
+class MedianPruner(_Section):
+    """Fold-aware median pruning: a trial whose running mean over its first k folds is
+    worse than the median of every other trial's mean over the same k folds is pruned."""
+
+    warmup_folds: Annotated[StrictInt, Field(ge=0, le=100_000)] = 0
+    """Folds (in launch order) a trial runs before it may be pruned (0: after its first
+    fold; the comparison is with the same fold of the others, so it is a fair one)."""
+    min_trials: Annotated[StrictInt, Field(ge=1, le=1_000_000)] = 5
+    """Other trials that must have reached the same fold before any comparison."""
+
+
+class WilcoxonPruner(_Section):
+    """Optuna's ``WilcoxonPruner``: a trial's fold scores paired by fold with the best
+    trial's, pruned when a one-sided signed-rank test says it is worse."""
+
+    p_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    warmup_folds: Annotated[StrictInt, Field(ge=0, le=100_000)] = 2
+
+
+PRUNER_NAMES = ("none", "median", "wilcoxon")
+
+
+class PrunerSpec(_Section):
+    """Exactly one pruner; written ``median`` or ``{median: {warmup_folds: 1}}``."""
+
+    median: Union[MedianPruner, None] = None
+    wilcoxon: Union[WilcoxonPruner, None] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value not in PRUNER_NAMES[1:]:
+                close = difflib.get_close_matches(value, PRUNER_NAMES, 1)
+                guess = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"unknown pruner {value!r}{guess}; expected one of"
+                                 f" {', '.join(PRUNER_NAMES)}, or e.g. {{median: {{warmup_folds: 1}}}}")
+            return {value: {}}
+        if isinstance(value, dict):  # {median: null}: the defaults
+            return {k: ({} if v is None and k in PRUNER_NAMES[1:] else v) for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PrunerSpec:
+        if (self.median is None) == (self.wilcoxon is None):
+            raise ValueError("give exactly one pruner: none, median or wilcoxon")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "median" if self.median is not None else "wilcoxon"
+
+
+def _pruner_or_none(value: Any) -> Any:
+    return None if value == "none" else value
+
+
+class OptunaSearch(_Section):
+    """Adaptive search: ``trials`` trials, each asked of an Optuna study as a slot comes
+    free; ``space`` has the grammar of ``random.space``."""
+
+    trials: Annotated[StrictInt, Field(ge=1, le=1_000_000)]
+    sampler: Literal["tpe", "random", "cmaes", "qmc"] = "tpe"
+    seed: Seed = 0
+    space: Space
+    pruner: Annotated[Union[PrunerSpec, None], BeforeValidator(_pruner_or_none)] = Field(
+        default_factory=lambda: PrunerSpec(median=MedianPruner()))
+    concurrent_trials: Union[Annotated[StrictInt, Field(ge=1, le=100_000)], None] = None
+    """Trials in flight at once (None: as many as keep the slots full)."""
+
+
 class SearchSpec(_Section):
-    """Exactly one of ``grid`` (cartesian product, in the order written) or ``random``."""
+    """Exactly one of ``grid`` (cartesian product, in the order written), ``random`` or
+    ``optuna`` (adaptive)."""
 
     grid: Union[Grid, None] = None
     random: Union[RandomSearch, None] = None
+    optuna: Union[OptunaSearch, None] = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SearchSpec:
-        if (self.grid is None) == (self.random is None):
-            raise ValueError("give exactly one of grid or random")
+        if sum(x is not None for x in (self.grid, self.random, self.optuna)) != 1:
+            raise ValueError("give exactly one of grid, random or optuna")
         return self
 
 
@@ -120,6 +193,8 @@ class RaySpec(_Section):
 
     address: RayAddress = "auto"
     namespace: RayNamespace = "foldrunner"
+    cpus_per_fold: CpusPerFold = 1.0
+    """CPUs each fold's Ray task asks for (Ray places it where they are free)."""
 
 
 class Spec(_Section):
@@ -141,6 +216,13 @@ class Spec(_Section):
     backend: Backend = "local"
     ray: RaySpec = Field(default_factory=RaySpec)
     _source: Union[Path, None] = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _optuna_needs_an_objective(self) -> Spec:
+        if self.search is not None and self.search.optuna is not None and self.objective is None:
+            raise Invalid([(("objective",), "required with search.optuna: the metric the study"
+                            " optimizes, e.g. {metric: val_accuracy, mode: max}")])
+        return self
 
     @model_validator(mode="after")
     def _gpus_fit_the_backend(self) -> Spec:
@@ -168,6 +250,11 @@ class Spec(_Section):
         data = self.model_dump(mode="python")
         if data["search"] is not None:
             data["search"] = {k: v for k, v in data["search"].items() if v is not None}
+            optuna = data["search"].get("optuna")
+            if optuna is not None:
+                pruner = optuna["pruner"]
+                optuna["pruner"] = "none" if pruner is None else {
+                    k: v for k, v in pruner.items() if v is not None}
         return data
 
     def to_yaml(self) -> str:
@@ -176,7 +263,10 @@ class Spec(_Section):
 
 
 _SECTIONS: dict[Loc, type[BaseModel]] = {
-    (): Spec, ("search",): SearchSpec, ("search", "random"): RandomSearch, ("cv",): CVSpec,
+    (): Spec, ("search",): SearchSpec, ("search", "random"): RandomSearch,
+    ("search", "optuna"): OptunaSearch, ("search", "optuna", "pruner"): PrunerSpec,
+    ("search", "optuna", "pruner", "median"): MedianPruner,
+    ("search", "optuna", "pruner", "wilcoxon"): WilcoxonPruner, ("cv",): CVSpec,
     ("objective",): ObjectiveSpec, ("resources",): ResourcesSpec, ("limits",): LimitsSpec,
     ("retry",): RetrySpec, ("output",): OutputSpec, ("ray",): RaySpec}
 
@@ -186,6 +276,7 @@ _EXPECTED = {"int_type": "an integer", "string_type": "a string", "bool_type": "
              "float_type": "a number", "list_type": "a list", "dict_type": "a mapping",
              "model_type": "a mapping", "model_attributes_type": "a mapping"}
 _BOUNDS = {"greater_than_equal": ("at least", "ge", ""), "less_than_equal": ("at most", "le", ""),
+           "greater_than": ("more than", "gt", ""), "less_than": ("less than", "lt", ""),
            "string_too_long": ("at most", "max_length", " characters"),
            "string_too_short": ("at least", "min_length", " characters")}
 

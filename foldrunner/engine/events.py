@@ -38,6 +38,20 @@ class AttemptStart:
     """Its Ray node id (empty on the local backend)."""
 
 
+@dataclass(frozen=True)
+class TrialCounts:
+    """Where an adaptive search stands: its trials by state, and its folds never launched."""
+
+    budget: int
+    """Trials in all (``search.optuna.trials``)."""
+    complete: int
+    pruned: int
+    failed: int
+    in_flight: int
+    skipped_folds: int
+    """Folds of pruned trials that were never launched (each has a ``pruned`` row)."""
+
+
 class Events:
     """Every event of a run, each a no-op here: subscribers override what they need."""
 
@@ -60,6 +74,9 @@ class Events:
 
     def attempt_ended(self, fold: Fold, result: AttemptResult, final: bool) -> None:
         """The attempt's process tree has ended; ``final`` when the fold is not retried."""
+
+    def trials(self, counts: TrialCounts) -> None:
+        """An adaptive search's trials changed (one asked, one ended)."""
 
     def tick(self, now: float) -> None:
         """Called once per turn of the engine's loop (at least every second), with
@@ -95,6 +112,10 @@ class Fanout(Events):
     def attempt_ended(self, fold: Fold, result: AttemptResult, final: bool) -> None:
         for s in self.subscribers:
             s.attempt_ended(fold, result, final)
+
+    def trials(self, counts: TrialCounts) -> None:
+        for s in self.subscribers:
+            s.trials(counts)
 
     def tick(self, now: float) -> None:
         for s in self.subscribers:
@@ -137,6 +158,9 @@ class Guarded(Events):
 
     def attempt_ended(self, fold: Fold, result: AttemptResult, final: bool) -> None:
         self._call("attempt_ended", lambda e: e.attempt_ended(fold, result, final))
+
+    def trials(self, counts: TrialCounts) -> None:
+        self._call("trials", lambda e: e.trials(counts))
 
     def tick(self, now: float) -> None:
         self._call("tick", lambda e: e.tick(now))

@@ -20,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 
 from multiprocess.connection import wait
@@ -40,7 +41,7 @@ from foldrunner.procs.terminate import Terminator
 from foldrunner.store.journal import Journal
 from foldrunner.store.paths import RunPaths
 from foldrunner.store.recorder import JournalRecorder
-from foldrunner.wire.outcome import Status
+from foldrunner.wire.outcome import AttemptResult, Status
 
 log = logging.getLogger("foldrunner")
 
@@ -55,6 +56,34 @@ class Waiting:
     avoid_gpu: int | None = None
     used: int = 0
     """Earlier attempts that count against ``retry.attempts`` (cancelled ones do not)."""
+
+
+@dataclass(frozen=True)
+class Withdraw:
+    """A fold source's request: end the folds that ``match`` selects, now. Waiting ones are
+    never launched; running ones end through :meth:`Scheduler.withdraw` (the stop path)."""
+
+    match: Callable[[Fold], bool]
+    status: Status
+    reason: str
+
+
+class FoldSource(Protocol):
+    """Work that is made as it is needed (an adaptive search's trials): the scheduler
+    asks it for more only when a slot would otherwise be idle."""
+
+    def more(self) -> list[Fold]:
+        """New folds to queue (a new trial's, in launch order); [] when none may come now."""
+
+    def left(self) -> int:
+        """Folds that may still come (0: nothing more will)."""
+
+    def ended(self, fold: Fold, result: AttemptResult, final: bool) -> list[Withdraw]:
+        """An attempt has ended (after the journal has it): the folds to end because of it."""
+
+    def withdrawn(self, request: Withdraw, never_launched: list[tuple[Fold, int]]) -> None:
+        """``request`` is carried out: the waiting folds it took out of the queue, each with
+        the attempt number it would have been launched as."""
 
 
 class Scheduler:
@@ -80,6 +109,7 @@ class Scheduler:
         self.gpu_slots = GpuSlots(slots, gpu_watch, self.notes, limits.grace, terminator)
         self.waiting: deque[Waiting] = deque()
         self.running: dict[int, InFlight] = {}  # by root pid (or a stand-in's number)
+        self.source: FoldSource | None = None
         self.stop_status: Status | None = None
         self.stop_reason = ""
         self._stop_pending = self._stop_hard = False
@@ -95,13 +125,15 @@ class Scheduler:
         return self.recorder.error
 
     # -- the loop ------------------------------------------------------------------
-    def run(self, work: Iterable[tuple[Fold, int, int]]) -> None:
-        """Run each ``(fold, first attempt number, attempts used)`` until it ends for good.
+    def run(self, work: Iterable[tuple[Fold, int, int]], source: FoldSource | None = None) -> None:
+        """Run each ``(fold, first attempt number, attempts used)`` until it ends for good,
+        and then what ``source`` (if any) gives as slots come free.
 
         ``attempts used`` are the earlier attempts that count against ``retry.attempts``
         (cancelled attempts do not count). Raises the journal's StorageError, if any.
         """
         self.waiting.extend(Waiting(fold, n, used=used) for fold, n, used in work)
+        self.source = source
         self._our_children = set(proctree.child_pids())
         was_subreaper = proctree.set_subreaper(True)
         try:
@@ -114,8 +146,7 @@ class Scheduler:
                     self.request_stop(Status.CRASHED, fault, hard=True)
                 self._apply_stop(now)
                 self._launch_ready(now)
-                self.launcher.keep_warm(
-                    self.slots, len(self.waiting) if self.stop_status is None else 0, now)
+                self.launcher.keep_warm(self.slots, self._queued() if self.stop_status is None else 0, now)
                 self._wait(self._next_wakeup(now))
                 self._turn(time.monotonic())
                 self.gpu_slots.check_drains(time.monotonic())
@@ -140,10 +171,14 @@ class Scheduler:
         self.term.poll(time.monotonic())
         self.events.tick(time.monotonic())
 
+    def _queued(self) -> int:
+        """Folds waiting, and those the source may still give."""
+        return len(self.waiting) + (self.source.left() if self.source is not None else 0)
+
     def _work_left(self) -> bool:
         if self.running or self.term or self.gpu_slots.draining:
             return True
-        if not self.waiting or self.stop_status is not None:
+        if not self._queued() or self.stop_status is not None:
             return False
         if all(sl.out for sl in self.slots):
             self.request_stop(Status.CANCELLED, "every GPU was taken out of the rotation")
@@ -185,14 +220,29 @@ class Scheduler:
         if self._stop_hard:
             self.term.hurry(None, now)  # every tree, the folds' and their leftovers
 
+    def withdraw(self, request: Withdraw, now: float) -> list[tuple[Fold, int]]:
+        """End the folds ``request.match`` selects: waiting ones leave the queue (returned,
+        with the attempt number each would have had), running ones end as ``request.status``
+        through their termination path (a fold whose result came stays ``ok``)."""
+        taken = [w for w in self.waiting if request.match(w.fold)]
+        self.waiting = deque(w for w in self.waiting if not request.match(w.fold))
+        for a in list(self.running.values()):
+            if request.match(a.fold) and not a.ending:
+                a.end(Status.OK if a.seen.outcome is not None else request.status, request.reason, now)
+        return [(w.fold, w.attempt) for w in taken]
+
     # -- step 1: launch ------------------------------------------------------------
     def _launch_ready(self, now: float) -> None:
         for slot in self.slots:
             if self.stop_status is not None:  # e.g. the journal could not be written
                 return
-            if not slot.free or not self.waiting:
+            if not slot.free:
                 continue
-            item = self._take_waiting(now, slot)
+            item = self._take_waiting(now, slot) if self.waiting else None
+            if item is None and self.source is not None and self.source.left():
+                # the slot would be idle: only now is the source asked for more
+                self.waiting.extend(Waiting(fold, 1) for fold in self.source.more())
+                item = self._take_waiting(now, slot)
             if item is not None:  # else nothing may go to this slot yet: try the next one
                 self._launch(item, slot, now)
 
@@ -266,6 +316,9 @@ class Scheduler:
             self.waiting.append(Waiting(a.fold, a.number + 1, time.monotonic() + self._backoff(a.used),
                                         avoid_gpu=a.slot.gpu, used=a.used))
         self.others.attempt_ended(a.fold, result, final)
+        if self.source is not None:
+            for request in self.source.ended(a.fold, result, final):
+                self.source.withdrawn(request, self.withdraw(request, time.monotonic()))
 
     def _backoff(self, attempt: int) -> float:
         base = self.limits.backoff * 2.0 ** (attempt - 1)

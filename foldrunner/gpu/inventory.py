@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from foldrunner.errors import FoldrunnerError
+from foldrunner.gpu.pids import PidMap, PidMode
 
 
 MiB = 1024 * 1024
@@ -27,6 +28,9 @@ class Drain:
     give_up_at: float
     killed: list[int]
     reported: bool = False
+    read: bool = False
+    """Whether NVML was read since the fold ended (the first check of a drain reads it
+    afresh: a reading taken while the fold ran may predate what it left behind)."""
 
 
 @dataclass
@@ -48,8 +52,12 @@ class Slot:
 
 @dataclass(frozen=True)
 class GpuProcess:
-    pid: int
+    pid: int | None
+    """Its pid in this pid namespace; None when NVML's pid cannot be mapped here
+    (:mod:`foldrunner.gpu.pids`)."""
     used_bytes: int | None
+    reported: int | None = None
+    """The pid NVML reported, where it is not ``pid`` (a host pid, seen from a container)."""
 
 
 @dataclass(frozen=True)
@@ -62,13 +70,16 @@ class GpuInfo:
     used_bytes: int
     utilization: int | None = None
     processes: tuple[GpuProcess, ...] = field(default_factory=tuple)
+    pid_mode: PidMode = PidMode.MATCH
+    """How ``processes`` were mapped to this namespace's pids (:mod:`foldrunner.gpu.pids`)."""
 
 
 class Inventory(Protocol):
     """What foldrunner asks of the GPUs."""
 
     def devices(self) -> list[GpuInfo]:
-        """Every GPU with its memory and processes; raises :class:`NoGpus` without NVML."""
+        """Every GPU with its memory and processes (their pids in this namespace, each
+        reading stamped with its :class:`PidMode`); raises :class:`NoGpus` without NVML."""
         ...
 
 
@@ -80,8 +91,10 @@ class NvmlInventory:
     """The real inventory, through ``nvidia-ml-py`` (``pynvml``). NVML is initialised once,
     on first use, and shut down by :meth:`close`."""
 
-    def __init__(self) -> None:
+    def __init__(self, pids: PidMap | None = None) -> None:
         self._nv: Any = None
+        self.pids = pids or PidMap()
+        """NVML's pids in this pid namespace: the mode is decided once, here."""
 
     def _init(self) -> Any:
         if self._nv is not None:
@@ -107,8 +120,12 @@ class NvmlInventory:
 
     def devices(self) -> list[GpuInfo]:
         nv = self._init()
-        try:
+
+        def raw() -> list[GpuInfo]:
             return [self._device(nv, i) for i in range(nv.nvmlDeviceGetCount())]
+
+        try:
+            return self.pids.read(raw)
         except nv.NVMLError as exc:
             raise NoGpus(f"NVML failed: {exc}") from None
 
@@ -197,7 +214,8 @@ def make_slots(
 
 def describe(devices: list[GpuInfo]) -> list[str]:
     """Lines for ``foldrunner gpus``: each GPU, its memory, and its processes, with
-    foldrunner's folds marked (fold, attempt, run) by the marker in their environment."""
+    foldrunner's folds marked (fold, attempt, run) by the marker in their environment.
+    A pid NVML gave that is not this namespace's is shown as the host's."""
     from foldrunner.procs.proctree import read_marker
 
     lines = []
@@ -209,11 +227,27 @@ def describe(devices: list[GpuInfo]) -> list[str]:
         )
         for p in d.processes:
             used = "?" if p.used_bytes is None else f"{p.used_bytes // MiB} MiB"
+            if p.pid is None:
+                lines.append(f"    host pid {p.reported}: {used}  (not mapped into this container)")
+                continue
             marker = read_marker(p.pid)
             whose = ""
             if marker:
                 run_id, _, rest = marker.partition("/")
                 fold, _, attempt = rest.partition("/")
                 whose = f"  foldrunner {fold} attempt {attempt} (run {run_id})"
-            lines.append(f"    pid {p.pid}: {used}{whose}")
+            host = "" if p.reported is None else f" (host pid {p.reported})"
+            lines.append(f"    pid {p.pid}{host}: {used}{whose}")
     return lines
+
+
+def listing(inventory: Inventory) -> list[str]:
+    """What ``foldrunner gpus`` prints: every GPU (:func:`describe`), then how GPU memory is
+    read per process (:class:`PidMode`); ``["No GPUs: ..."]`` when there are none."""
+    try:
+        devices = inventory.devices()
+    except NoGpus as exc:
+        return [f"No GPUs: {exc}."]
+    if not devices:
+        return ["No GPUs: NVML sees none."]
+    return [*describe(devices), devices[0].pid_mode.line]

@@ -41,7 +41,7 @@ class GpuSlots:
 
     def _count(self, slot: Slot, status: Status) -> None:
         """Take a GPU out of the rotation after it failed folds three times in a row."""
-        if slot.gpu is None or status is Status.CANCELLED:
+        if slot.gpu is None or status in (Status.CANCELLED, Status.PRUNED):
             return
         if status is Status.OK:
             self.failures[slot.gpu] = 0
@@ -74,8 +74,9 @@ class GpuSlots:
             d = slot.drain
             if d is None or slot.gpu is None:
                 continue
-            self.watch.refresh(now, max_age=DRAIN_POLL)
-            _, holders = self.watch.fold_usage(slot.gpu, d.marker, d.pids)
+            self.watch.refresh(now, max_age=DRAIN_POLL if d.read else 0.0)
+            d.read = True
+            holders = self.watch.holders(slot.gpu, d.marker, d.pids)
             holders = [pid for pid in holders if pid not in d.killed or proctree.pid_alive(pid)]
             if holders and not d.reported:
                 d.reported = True

@@ -38,7 +38,8 @@ from foldrunner.orchestrate.lock import run_lock
 from foldrunner.orchestrate.orphans import end_orphans, owner_of
 from foldrunner.orchestrate.preflight import dill_entrypoint, preflight
 from foldrunner.orchestrate.resume import (check_run_dir, close_interrupted, open_journal,
-                                           open_journal_file, write_spec)
+                                           open_journal_file, open_search, write_spec)
+from foldrunner.search.study import require_optuna
 from foldrunner.store.journal import Journal
 from foldrunner.store.paths import RunPaths
 from foldrunner.store.writer import ResultsWriter
@@ -125,6 +126,7 @@ def run(
     opts.resume = opts.resume or resume
     s = prepare_spec(spec, overrides, **override_kw)
     check_backend(s, opts)  # before the run dir exists: a refused backend leaves nothing
+    require_optuna(s)
     plan = build_plan(s)
     paths = RunPaths(Path(opts.run_dir) if opts.run_dir else s.run_dir())
     if paths.root.exists() and not paths.root.is_dir():
@@ -200,13 +202,17 @@ def _run_engine(s: Spec, plan: Plan, paths: RunPaths, opts: RunOptions, entry_bl
             sup = _engine(s, opts, paths, journal, slots, run_token, entry_blob,
                           Fanout(writer, *([events] if events else [])), inventory, notes,
                           spares, server, ray.make(run_id, owner["token"]) if ray else None)
-            sup.events.run_started(len(plan.folds), len(done))
+            search = open_search(s, plan, journal, paths, opts.resume, sup.others)
+            if search is not None:  # an adaptive search: its trials come as slots free up
+                work = search.work
+            sup.events.run_started(search.total if search else len(plan.folds),
+                                   search.done if search else len(done))
             with _stop_on_signals(sup, opts.handle_signals):
                 try:
-                    sup.run(work)
+                    sup.run(work, search.source if search else None)
                 finally:
                     df = writer.flush()
-                    df.attrs["planned"] = len(plan.folds)
+                    df.attrs["planned"] = search.total if search else len(plan.folds)
                     df.attrs["run_dir"] = str(paths.root)
                     if s.objective is not None:
                         df.attrs["objective"] = (s.objective.metric, s.objective.mode)

@@ -3,7 +3,8 @@
 A directory that holds a journal is never overwritten: only ``--resume`` opens it again,
 and only with a spec whose plan is the journal's (:func:`open_journal` says how they
 differ otherwise). A resume first closes the attempts a dead orchestrator left
-``running`` (:func:`close_interrupted`).
+``running`` (:func:`close_interrupted`). An adaptive search's study is opened (and, on a
+resume, brought in line with the journal) by :func:`open_search`.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from foldrunner.config.plan import Plan
+from foldrunner.config.plan import Fold, Plan
 from foldrunner.config.spec import Spec
+from foldrunner.engine.events import Events
 from foldrunner.errors import RunDirError, storage_error
+from foldrunner.search.source import TrialSource
 from foldrunner.store.journal import Journal, journal_storage_error
 from foldrunner.store.paths import RunPaths, atomic_write
 from foldrunner.wire.outcome import AttemptResult, Status
@@ -63,6 +67,11 @@ def open_journal(journal: Journal, spec: Spec, plan: Plan, resume: bool) -> str:
 
 def _plan_difference(journal: Journal, plan: Plan, old_hash: str) -> str:
     """Why a resume with ``plan`` is refused: the first fold that differs, or the counts."""
+    if plan.adaptive is not None or old_hash.startswith("a"):
+        return (f"cannot resume: this spec's plan ({plan.hash}) differs from the journal's "
+                f"({old_hash}): an adaptive search resumes only with the same search space, "
+                "sampler, seed, pruner, params, cv and objective (trials may be raised). Resume "
+                "with the spec in the run directory's spec.yaml, or start a new run dir.")
     old = {r["fold_id"]: (r["seed"], json.loads(r["params"])) for r in journal.folds()}
     new = {f.fold_id: (f.seed, json.loads(json.dumps(dict(f.params), default=repr))) for f in plan.folds}
     diffs = []
@@ -102,3 +111,29 @@ def write_spec(paths: RunPaths, spec: Spec) -> None:
         atomic_write(paths.spec, lambda tmp: Path(tmp).write_text(text))
     except OSError as exc:
         raise storage_error("the spec file", paths.spec, exc) from exc
+
+
+@dataclass
+class Search:
+    """An adaptive search's share of a run: its source of folds and where it starts."""
+
+    source: TrialSource
+    work: list[tuple[Fold, int, int]]
+    """What trials in flight when the last run stopped still need."""
+    total: int
+    """Folds in all when every trial has run (each pruned one has a row)."""
+    done: int
+    """Folds already ended for good (``ok`` or ``pruned``)."""
+
+
+def open_search(spec: Spec, plan: Plan, journal: Journal, paths: RunPaths, resume: bool,
+                events: Events) -> Search | None:
+    """The study and source of an adaptive search (None for another plan); on a resume the
+    study is brought in line with the journal first (see :mod:`foldrunner.search.study`)."""
+    if plan.adaptive is None:
+        return None
+    source = TrialSource.open(spec, plan.adaptive, journal, paths.root, resume, events)
+    work = source.initial_work(journal.attempt_counts(), journal.used_attempts())
+    done = sum(1 for run in source.runs.values() for st in run.final.values()
+               if st.value in (Status.OK.value, Status.PRUNED.value))
+    return Search(source, work, plan.adaptive.max_folds, done)

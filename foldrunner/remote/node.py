@@ -1,7 +1,7 @@
 """What runs on each node of the cluster: the run's node helper (a Ray actor) and the
 Ray task of one attempt.
 
-The task holds the attempt's resources (its share of a GPU, a CPU): Ray picks its node
+The task holds the attempt's resources (its share of a GPU, its CPUs): Ray picks its node
 and its GPU. It hands the attempt to its node's helper, which starts a fresh process for
 the fold from the node's fold server and supervises it with the same
 :class:`~foldrunner.engine.attempt.Attempt` as the local backend (timeout with tree kill,
@@ -9,13 +9,20 @@ memory limits, lingering kill, log capture). Everything the attempt says goes ba
 the driver as it happens, through the task (a generator): its start, reports, an ``ok``
 result on arrival, the log as it grows, and at last how it ended.
 
+The helper tells the task over a local socket, not through Ray: a task that waits in a
+Ray call (``ray.get``, a generator's next item) lends its CPUs back to Ray meanwhile, and
+Ray would start other tasks on them while the fold runs. The task never waits on Ray, so
+it keeps what it asked for until its fold, and what the fold left, are gone.
+
 Helpers are created by the driver, one per node, and belong to it: if the driver dies,
 Ray ends them, and every fold they started sees its lifeline close and ends its tree.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import secrets
 import shutil
 import socket
 import tempfile
@@ -27,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from multiprocess.connection import wait
+from multiprocess.connection import Connection, wait
 
 from foldrunner.child.task import ChildTask
 from foldrunner.config.plan import Fold
@@ -73,6 +80,7 @@ class NodeSettings:
     """Keep a warm spare per slot of the node (``resources.spares``)."""
     preload: tuple[str, ...] = ()
     per_gpu: int = 1
+    cpus_per_fold: float = 1.0
     gpus: bool = False
     """Folds ask Ray for a share of a GPU (``gpus: auto`` on a cluster with GPUs): slots,
     and their spares, are per GPU; else per CPU, whatever GPUs the node has."""
@@ -146,6 +154,8 @@ class NodeHelper:
         spares: a fresh process per fold, its preloads already imported)."""
         while not self._closing.is_set():
             with self.launch_lock:
+                if self._closing.is_set():  # close() retired the spares meanwhile: no new ones
+                    return
                 self.launcher.keep_warm(self.slots, len(self.slots), time.monotonic())
                 objs = self.launcher.waitables()
             try:
@@ -173,6 +183,35 @@ class NodeHelper:
     def end(self, marker: str, status: str, reason: str, hard: bool) -> None:
         """End the attempt ``marker`` (a stop, the driver's clock): as ``Attempt.end``."""
         self.ends[marker] = (Status(status), reason, hard)
+
+    def serve(self, order: AttemptOrder, gpu: int | None, address: str) -> None:
+        """Run one attempt here on ``gpu`` for the task listening at ``address`` (a local
+        socket): send it what the attempt says, then how it ended; close once what the
+        fold left is gone. A task gone meanwhile (cancelled, its worker killed) ends the
+        fold at once: nobody is left to hear of it."""
+        try:
+            conn = _connect(address)
+        except OSError:  # the task is gone before its fold started: nothing to run
+            return
+        told = True
+        try:
+            for item in self.run(order, gpu):
+                if not told:
+                    continue
+                try:
+                    conn.send(item)
+                except OSError:
+                    told = False
+                    self.end(order.marker, Status.CANCELLED.value, "its Ray task is gone", True)
+        except Exception as exc:  # noqa: BLE001 - told to the task, whose failure it becomes
+            if told:
+                try:
+                    conn.send(("fault", f"{type(exc).__name__}: {exc}"))
+                except OSError:
+                    pass
+            raise
+        finally:
+            conn.close()
 
     def run(self, order: AttemptOrder, gpu: int | None) -> Iterator[tuple[Any, ...]]:
         """Run one attempt here on ``gpu``; yield what it says, then how it ended."""
@@ -241,18 +280,18 @@ class NodeHelper:
 
 def _node_slots(node: str, settings: NodeSettings) -> list[Slot]:
     """This node's slots: ``per_gpu`` per GPU Ray gives it when folds use GPUs, else one
-    per CPU; never more than the run's folds in flight."""
+    per ``cpus_per_fold`` CPUs; never more than the run's folds in flight."""
     resources: dict[str, float] = {}
     for n in ray.nodes():  # type: ignore[no-untyped-call]
         if n["NodeID"] == node:
             resources = n.get("Resources", {})
-    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
-    if not cpus:  # no attempt runs here (each asks for a CPU): no spares either
+    gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 0))
+    if cpus < settings.cpus_per_fold:  # no attempt fits here: no spares either
         return []
     if gpus and settings.gpus:
         pairs = [(g, k) for g in range(gpus) for k in range(settings.per_gpu)]
         return [Slot(i, gpu=g) for i, (g, _) in enumerate(pairs[: settings.workers])]
-    return [Slot(i) for i in range(min(cpus, settings.workers))]
+    return [Slot(i) for i in range(min(math.floor(cpus / settings.cpus_per_fold), settings.workers))]
 
 
 def _drain(events: _Collector) -> list[tuple[Any, ...]]:
@@ -289,13 +328,52 @@ class _LogTail:
 
 
 def run_attempt(order: AttemptOrder, settings: NodeSettings) -> Iterator[tuple[Any, ...]]:
-    """The body of an attempt's Ray task: on the node Ray chose, with the GPU it gave."""
+    """The body of an attempt's Ray task: on the node Ray chose, with the GPU it gave.
+
+    It listens on a local socket, asks its node's helper to run the attempt and tell it
+    there (a call it does not wait on), and yields what it hears until the helper closes.
+    """
     ids = ray.get_gpu_ids()
     gpu = int(ids[0]) if ids else None
     node = ray.get_runtime_context().get_node_id()
     helper = _helper(settings, node)
-    for ref in helper.run.remote(order, gpu):
-        yield ray.get(ref)
+    address = f"\0foldrunner-{settings.run_token}-{secrets.token_hex(12)}"  # abstract: no file
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(address)
+        listener.listen(1)
+        listener.settimeout(HELPER_WAIT)
+        helper.serve.remote(order, gpu, address)
+        try:
+            sock, _ = listener.accept()
+        except socket.timeout:
+            raise RuntimeError(f"the foldrunner helper on node {node} did not take the attempt"
+                               f" within {HELPER_WAIT:g}s") from None
+    sock.settimeout(None)
+    conn = Connection(sock.detach())
+    item: tuple[Any, ...] = ("nothing",)
+    try:
+        while True:
+            try:
+                item = conn.recv()
+            except EOFError:  # the helper closed: the attempt and its leftovers are gone
+                break
+            if item[0] == "fault":  # the helper failed to run it: the task fails with it
+                raise RuntimeError(item[1])
+            yield item
+    finally:
+        conn.close()
+    if item[0] != "final":  # the helper went away before it said how the attempt ended
+        raise RuntimeError(f"the foldrunner helper on node {node} stopped before the attempt ended")
+
+
+def _connect(address: str) -> Connection:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(address)
+    except OSError:
+        sock.close()
+        raise
+    return Connection(sock.detach())
 
 
 _HELPERS: dict[str, Any] = {}

@@ -29,20 +29,22 @@ def ray_run(s: Spec, address: str | None, namespace: str, workers: int | None, s
             paths: RunPaths, notes: Callable[[str], None]) -> Iterator[RayRun]:
     """Connect to the cluster (``address`` None: a private one) for the run's length.
 
-    Folds in flight: ``workers``, else the cluster's CPUs (with GPUs, no more than its GPUs
-    times ``per_gpu``, so that no fold waits in Ray's queue while its clock runs). Each
-    fold asks Ray for ``1 / per_gpu`` GPU with ``gpus: auto`` on a cluster with GPUs.
+    Folds in flight: ``workers``, else the cluster's CPUs over ``ray.cpus_per_fold`` (with
+    GPUs, no more than its GPUs times ``per_gpu``, so that no fold waits in Ray's queue while
+    its clock runs). Each fold asks Ray for ``ray.cpus_per_fold`` CPUs, and for ``1 /
+    per_gpu`` GPU with ``gpus: auto`` on a cluster with GPUs.
     """
     with connected(address or "local", namespace, str(s.workdir), paths.root) as _:
         cpus, gpus = cluster_resources()
-        per_gpu = s.resources.per_gpu
+        per_gpu, cpus_per_fold = s.resources.per_gpu, s.ray.cpus_per_fold
         use_gpus = s.resources.gpus == "auto" and gpus > 0
-        capacity = max(1, cpus)
+        capacity = max(1, math.floor(cpus / cpus_per_fold))
         if use_gpus:
             capacity = min(capacity, max(1, math.floor(gpus * per_gpu)))
         n = workers if workers is not None else capacity
         where = address or "a private Ray on this machine"
         notes(f"ray: {where}: {cpus} CPUs, {gpus:g} GPUs; up to {n} folds in flight"
+              + (f", {cpus_per_fold:g} CPUs each" if cpus_per_fold != 1 else "")
               + (f", each on 1/{per_gpu} of a GPU" if use_gpus and per_gpu > 1 else
                  ", each on its own GPU" if use_gpus else ""))
 
@@ -51,7 +53,9 @@ def ray_run(s: Spec, address: str | None, namespace: str, workers: int | None, s
                                     env=dict(s.env), workdir=str(s.workdir),
                                     grace=s.limits.grace, start_method=start_method,
                                     spares=s.resources.spares, preload=tuple(s.preload),
-                                    per_gpu=per_gpu, gpus=use_gpus, workers=n)
-            return RayBackend(settings, gpus_per_fold=1.0 / per_gpu if use_gpus else 0.0)
+                                    per_gpu=per_gpu, gpus=use_gpus, cpus_per_fold=cpus_per_fold,
+                                    workers=n)
+            return RayBackend(settings, gpus_per_fold=1.0 / per_gpu if use_gpus else 0.0,
+                              cpus_per_fold=cpus_per_fold)
 
         yield RayRun([Slot(i) for i in range(n)], make)

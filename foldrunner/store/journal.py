@@ -18,7 +18,7 @@ import os
 import sqlite3
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from typing import Any
 from foldrunner.errors import STORAGE_ERRNOS, StorageError, storage_error
 from foldrunner.wire.outcome import AttemptResult, Status
 from foldrunner.store.paths import NOFOLLOW, private_journal
-from foldrunner.config.plan import Plan
+from foldrunner.config.plan import Fold, Plan
 
 SCHEMA_VERSION = 1
 CACHE_KIB = 256
@@ -52,6 +52,30 @@ CREATE TABLE IF NOT EXISTS attempts (
     PRIMARY KEY (fold_id, attempt)
 );
 """
+
+_REPORTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS reports (
+    fold_id TEXT NOT NULL, attempt INTEGER NOT NULL, seq INTEGER NOT NULL,
+    time_s REAL NOT NULL, metrics TEXT NOT NULL,
+    PRIMARY KEY (fold_id, attempt, seq)
+) WITHOUT ROWID;
+"""
+"""The report history: the ``ctx.report`` calls of every attempt that the recorder keeps
+(:mod:`foldrunner.store.recorder` says which), ``seq`` the call's 0-based index within the
+attempt, ``time_s`` seconds since the attempt started. Created when a journal is opened for
+writing, so a journal written before it existed gets it (empty) when it is resumed."""
+ReportRow = tuple[str, int, int, float, Mapping[str, Any]]
+"""``(fold_id, attempt, seq, time_s, metrics)``: one row of ``reports``."""
+
+_SEARCH_SCHEMA = """
+CREATE TABLE IF NOT EXISTS search_trials (
+    trial INTEGER PRIMARY KEY, state TEXT NOT NULL, params TEXT NOT NULL,
+    value REAL, updated_at REAL NOT NULL, note TEXT NOT NULL DEFAULT ''
+);
+"""
+"""An adaptive search's trials (``search.optuna``): the journal's account, which the
+Optuna study follows (:mod:`foldrunner.search.study`). A table that older journals get
+when they are opened for writing."""
 
 
 #: SQLite's primary result codes that mean the disk, not the SQL: full, read-only,
@@ -125,7 +149,9 @@ class Journal:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             self.db.executescript(_SCHEMA)
+            self.db.executescript(_SEARCH_SCHEMA)
             self._add_missing_columns()
+            self.db.executescript(_REPORTS_SCHEMA)  # a journal written before it gets it too
         self.db.row_factory = sqlite3.Row
 
     def _add_missing_columns(self) -> None:
@@ -236,6 +262,19 @@ class Journal:
                 (_json(dict(report)), at, fold_id, attempt),
             )
 
+    def save_reports(self, history: Sequence[ReportRow],
+                     latest: Mapping[tuple[str, int], tuple[Mapping[str, Any], float]]) -> None:
+        """Append ``history`` to the report history and store the latest report of each
+        attempt in ``latest`` (``(fold_id, attempt) -> (metrics, at)``): one transaction
+        for any number of attempts and calls."""
+        with self._tx() as db:
+            db.executemany("INSERT OR REPLACE INTO reports VALUES (?, ?, ?, ?, ?)",
+                           [(f, a, seq, t, _json(dict(m))) for f, a, seq, t, m in history])
+            db.executemany(
+                "UPDATE attempts SET report = ?, report_at = ? WHERE fold_id = ? AND attempt = ?",
+                [(_json(dict(m)), at, f, a) for (f, a), (m, at) in latest.items()],
+            )
+
     def attempts(self) -> list[sqlite3.Row]:
         return list(self.db.execute("SELECT * FROM attempts ORDER BY fold_id, attempt"))
 
@@ -271,6 +310,41 @@ class Journal:
                 "DELETE FROM attempts WHERE fold_id = ? AND attempt = ? AND status = ?",
                 (fold_id, attempt, Status.RUNNING.value),
             )
+
+    # -- adaptive search (search.optuna) -------------------------------------------
+    def add_trial(self, trial: int, params: Mapping[str, Any], folds: list[Fold]) -> None:
+        """A trial asked of the study: its row (``running``) and its folds, one transaction."""
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO search_trials (trial, state, params, updated_at)"
+                       " VALUES (?, 'running', ?, ?)", (trial, _json(dict(params)), time.time()))
+            db.executemany(
+                "INSERT OR IGNORE INTO folds VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(f.fold_id, f.index, f.trial, f.replicate, f.fold, f.seed, _json(dict(f.params)))
+                 for f in folds])
+
+    def end_trial(self, trial: int, state: str, value: float | None, note: str = "",
+                  never_launched: Sequence[tuple[str, int]] = (),
+                  relabel: Sequence[tuple[str, int]] = ()) -> None:
+        """A trial's end (``complete``, ``pruned``, ``fail``), one transaction: its state and
+        value; a ``pruned`` row (attempt number given, never launched) for each fold of
+        ``never_launched``; the attempts of ``relabel`` (ended while it was pruned) become
+        ``pruned``."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute("UPDATE search_trials SET state = ?, value = ?, note = ?, updated_at = ?"
+                       " WHERE trial = ?", (state, value, note, now, trial))
+            db.executemany(
+                "INSERT OR IGNORE INTO attempts (fold_id, attempt, status, started_at, ended_at,"
+                " duration_s, error) VALUES (?, ?, 'pruned', ?, ?, 0.0, ?)",
+                [(fid, n, now, now, note) for fid, n in never_launched])
+            db.executemany("UPDATE attempts SET status = 'pruned' WHERE fold_id = ? AND attempt = ?"
+                           " AND status IN ('cancelled', 'running')", relabel)
+
+    def search_trials(self) -> list[sqlite3.Row]:
+        """The adaptive search's trials by number (none for another search or an older journal)."""
+        if self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'search_trials'").fetchone() is None:
+            return []
+        return list(self.db.execute("SELECT * FROM search_trials ORDER BY trial"))
 
     # -- whose run it is ---------------------------------------------------------
     def set_owner(self, owner: Mapping[str, Any]) -> None:

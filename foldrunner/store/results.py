@@ -192,8 +192,13 @@ def summarize(df: pd.DataFrame, metric: str | None = None, mode: str = "max") ->
     """One row per trial: its params, ok/failed counts, mean and std of each metric.
 
     Means and stds are over the trial's ``ok`` folds (all replicates). Ranked by
-    ``metric`` (``mode`` max or min) when given, trials without it last.
+    ``metric`` (``mode`` max or min) when given, trials without it last. With pruned
+    trials (an adaptive search), only complete trials are ranked; pruned ones follow,
+    unranked, with their partial mean (over the folds they ran) and ``folds_pruned``
+    (see :func:`_with_pruned`).
     """
+    if len(df) and (df["status"] == "pruned").any():
+        return _with_pruned(df, metric, mode)
     params = [c for c in df.columns if c.startswith("param_")]
     metrics = [
         c for c in df.columns if c.startswith("metric_") and pd.api.types.is_numeric_dtype(df[c])
@@ -217,6 +222,40 @@ def summarize(df: pd.DataFrame, metric: str | None = None, mode: str = "max") ->
         )
         out.insert(0, "rank", range(1, len(out) + 1))
     return out.reset_index(drop=True)
+
+
+def _with_pruned(df: pd.DataFrame, metric: str | None, mode: str) -> pd.DataFrame:
+    """The summary of a search that pruned trials: a ``state`` column (``complete``: every
+    fold ok; ``pruned``; ``failed``), ``folds_pruned``; complete trials ranked by the
+    objective, then pruned ones (most folds first, then by their partial mean), then failed."""
+    pruned = df.groupby("trial")["status"].agg(lambda s: int((s == "pruned").sum()))
+    out = summarize(df[df["status"] != "pruned"], None, mode)
+    out = out.set_index("trial").reindex(sorted(df["trial"].unique())).reset_index()
+    ok_all = df.groupby("trial")["status"].agg(lambda s: bool((s == "ok").all()))
+    out["folds_pruned"] = out["trial"].map(pruned).astype(int)
+    out["folds_ok"] = out["folds_ok"].fillna(0).astype(int)
+    out["folds_failed"] = out["folds_failed"].fillna(0).astype(int)
+    out["state"] = ["complete" if ok_all[t] else "pruned" if pruned[t] else "failed" for t in out["trial"]]
+    params = [c for c in df.columns if c.startswith("param_")]
+    for p in params:  # a trial pruned before any fold ended has its params from its rows
+        out[p] = out["trial"].map(df.groupby("trial")[p].first())
+    order = {"complete": 0, "pruned": 1, "failed": 2}
+    key = f"{metric}_mean" if metric else None
+    sign = 1.0 if mode == "min" else -1.0
+    def sort_key(row: Any) -> tuple[Any, ...]:
+        value = row[key] if key and key in out.columns else float("nan")
+        value = float("inf") if pd.isna(value) else sign * float(value)
+        depth = -row["folds_ok"] if row["state"] == "pruned" else 0
+        return (order[row["state"]], depth, value, row["trial"])
+    out = out.loc[sorted(out.index, key=lambda i: sort_key(out.loc[i]))].reset_index(drop=True)
+    cols = ["trial", *params, "state", "folds_ok", "folds_pruned", "folds_failed"]
+    out = out[cols + [c for c in out.columns if c not in cols]]
+    if key and key in out.columns:
+        complete = out["state"] == "complete"
+        ranks = pd.Series(pd.NA, index=out.index, dtype="Int64")
+        ranks[complete] = range(1, int(complete.sum()) + 1)
+        out.insert(0, "rank", ranks)
+    return out
 
 
 def render(df: pd.DataFrame, fmt: str) -> str:

@@ -120,11 +120,15 @@ def main() -> None:
 @click.option("--address", metavar="HOST:PORT",
               help="The Ray cluster's head, HOST:PORT (or auto, or local for a private Ray on"
               " this machine). Overrides ray.address; needs the ray backend.")
+@click.option("--report", "report", is_flag=True,
+              help="Keep RUN_DIR/report.html up to date as folds finish (see `foldrunner report`;"
+              " pip install 'foldrunner[report]').")
 @_guard
 def run_cmd(spec: str, overrides: tuple[str, ...], run_dir: str | None, resume: bool,
             gpus: str | None, workers: int | None, deadline: str | None, backend: str | None,
-            address: str | None) -> None:
+            address: str | None, report: bool) -> None:
     """Run every fold of SPEC."""
+    from foldrunner.engine.events import Events, Fanout, Guarded
     from foldrunner.orchestrate.api import RunOptions, prepare_spec, run
     from foldrunner.orchestrate.backend import check_backend
     from foldrunner.ui.live import make_printer
@@ -138,17 +142,27 @@ def run_cmd(spec: str, overrides: tuple[str, ...], run_dir: str | None, resume: 
     s = prepare_spec(spec, list(overrides))
     check_backend(s, opts)  # before anything is launched or written
     printer = make_printer()
+    events: Events = printer
+    live_report = None
+    if report:
+        from foldrunner.report.live import LiveReport, check_report_deps
+
+        check_report_deps()  # before anything is launched
+        live_report = LiveReport(opts.run_dir or s.run_dir(), notes=printer.note)
+        events = Fanout(printer, Guarded(live_report, printer.note))
     try:
-        df = run(s, options=opts, events=printer, notes=printer.note)
+        df = run(s, options=opts, events=events, notes=printer.note)
     finally:
         printer.stop()
+        if live_report is not None:
+            live_report.finish()
     printer.summary(df)
     if len(df) > 1:
         from foldrunner.store.results import render, summarize
 
         metric, mode = df.attrs.get("objective", (None, "max"))
         printer.table(render(summarize(df, metric, mode).head(20), "table"))
-    failed = int((df["status"] != "ok").sum()) if len(df) else 0
+    failed = int((~df["status"].isin(["ok", "pruned"])).sum()) if len(df) else 0  # pruned: by design
     incomplete = len(df) < int(df.attrs.get("planned", len(df)))
     sys.exit(EXIT_FAILED if failed or incomplete else EXIT_OK)
 
@@ -169,6 +183,14 @@ def plan_cmd(spec: str, overrides: tuple[str, ...], fmt: str) -> None:
 
     s = load_spec(spec, list(overrides))
     plan = build_plan(s)
+    if plan.adaptive is not None:
+        from foldrunner.search.study import describe_search
+
+        head, space = describe_search(s, plan.adaptive)
+        if fmt == "table":
+            click.echo(f"{head}; plan {plan.hash}; run dir {s.run_dir()}; {describe_backend(s)}")
+        click.echo(render(pd.DataFrame(space), fmt))
+        return
     rows = [
         {"fold_id": f.fold_id, "trial": f.trial, "replicate": f.replicate, "fold": f.fold,
          "seed": f.seed, **{f"param_{k}": v for k, v in f.params.items()}}
@@ -211,21 +233,33 @@ def _objective(run_dir: Path) -> tuple[str | None, str]:
     return s.objective.metric, s.objective.mode
 
 
+@main.command("report")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--output", type=click.Path(dir_okay=False),
+              help="Where to write the page (default: RUN_DIR/report.html).")
+@_guard
+def report_cmd(run_dir: str, output: str | None) -> None:
+    """Write one self-contained HTML report of RUN_DIR (works while the run is live)."""
+    from foldrunner.report.live import check_report_deps
+
+    check_report_deps()
+    from foldrunner.report.page import write_report
+
+    click.echo(f"report written to {write_report(run_dir, output)}")
+
+
 @main.command("gpus")
 @_guard
 def gpus_cmd() -> None:
-    """List the GPUs NVML sees, their memory and processes."""
-    from foldrunner.gpu.inventory import NoGpus, NvmlInventory, describe
+    """List the GPUs NVML sees, their memory and processes, and how GPU memory is read
+    per process here (pids match, mapped through NSpid, or the per-GPU fallback)."""
+    from foldrunner.gpu.inventory import NvmlInventory, listing
 
+    inventory = NvmlInventory()
     try:
-        devices = NvmlInventory().devices()
-    except NoGpus as exc:
-        click.echo(f"No GPUs: {exc}.")
-        return
-    if not devices:
-        click.echo("No GPUs: NVML sees none.")
-        return
-    click.echo("\n".join(describe(devices)))
+        click.echo("\n".join(listing(inventory)))
+    finally:
+        inventory.close()
 
 
 @main.command("status")

@@ -24,7 +24,7 @@ METRIC_ITEMS = 4
 
 #: the order in which ``status`` lists its counts
 COUNT_ORDER = ("ok", "running", "retrying", "error", "timeout", "crashed", "memory",
-               "cancelled", "interrupted", "pending")
+               "cancelled", "pruned", "interrupted", "pending")
 
 
 def clock(seconds: float) -> str:

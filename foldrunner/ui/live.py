@@ -24,7 +24,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from foldrunner.engine.events import AttemptStart, Events
+from foldrunner.engine.events import AttemptStart, Events, TrialCounts
 from foldrunner.wire.outcome import AttemptResult, Status
 from foldrunner.config.plan import Fold
 from foldrunner.ui.format import clock, dash, ended_line, format_report, summary_line
@@ -39,10 +39,11 @@ STOP_JOIN_TIMEOUT = 2.0
 """Seconds :meth:`LiveView.stop` waits for the redraw thread to end."""
 
 #: the final statuses the live view counts, in the order it shows them
-COUNTED = (Status.OK, Status.ERROR, Status.TIMEOUT, Status.CRASHED, Status.MEMORY, Status.CANCELLED)
+COUNTED = (Status.OK, Status.ERROR, Status.TIMEOUT, Status.CRASHED, Status.MEMORY, Status.CANCELLED,
+           Status.PRUNED)
 _STYLES = {
     Status.OK: "green", Status.ERROR: "red", Status.TIMEOUT: "yellow",
-    Status.CRASHED: "red", Status.MEMORY: "magenta", Status.CANCELLED: "dim",
+    Status.CRASHED: "red", Status.MEMORY: "magenta", Status.CANCELLED: "dim", Status.PRUNED: "blue",
 }
 
 
@@ -133,6 +134,9 @@ class LiveView(Events):
         self.already_ok = 0
         self.counts: dict[Status, int] = dict.fromkeys(COUNTED, 0)
         self.retries = 0
+        self._trials: TrialCounts | None = None
+        self._skipped_before = 0
+        """Folds of pruned trials never launched, before this run started (a resume)."""
         self._flights: dict[tuple[str, int], _Flight] = {}
         self._started_at: float | None = None
         self._lock = threading.Lock()  # the state above; never held while writing
@@ -249,6 +253,14 @@ class LiveView(Events):
                 flight.report = dict(metrics)
         self._dirty.set()
 
+    def trials(self, counts: TrialCounts) -> None:
+        """An adaptive search's trials: complete, pruned, in flight."""
+        with self._lock:
+            if self._trials is None:
+                self._skipped_before = counts.skipped_folds
+            self._trials = counts
+        self._dirty.set()
+
     def attempt_ended(self, fold: Fold, result: AttemptResult, final: bool) -> None:
         with self._lock:
             self._flights.pop((fold.fold_id, result.attempt), None)
@@ -275,7 +287,10 @@ class LiveView(Events):
             flights = sorted(self._flights.values(), key=lambda f: (f.fold.index, f.attempt))
             flights = [_Flight(f.fold, f.attempt, f.gpu, f.started, dict(f.report)) for f in flights]
             total, already, retries, t0 = self.total, self.already_ok, self.retries, self._started_at
-        ended = sum(counts.values())
+            trials, skipped = self._trials, 0
+            if trials is not None:
+                skipped = trials.skipped_folds - self._skipped_before
+        ended = sum(counts.values()) + skipped  # a pruned trial's unlaunched folds are done too
         done = ended + already
         elapsed = 0.0 if t0 is None else now - t0
         if total and done >= total:
@@ -296,12 +311,24 @@ class LiveView(Events):
         line = Text()
         for status in COUNTED:
             n = counts[status] + (already if status is Status.OK else 0)
+            if status is Status.PRUNED and trials is None and not n:
+                continue  # pruning is an adaptive search's: other runs show no such count
             line.append(f"{status.value} {n}", style=_STYLES[status] if n else "dim")
             line.append("  ")
         line.append(f"running {len(flights)}", style="bold" if flights else "dim")
         if retries:
             line.append(f"  retried {retries}", style="yellow")
         parts: list[RenderableType] = [bar, line]
+        if trials is not None:
+            tl = Text(f"trials {trials.complete + trials.pruned + trials.failed}/{trials.budget}: ")
+            tl.append(f"complete {trials.complete}", style="green" if trials.complete else "dim")
+            tl.append("  ")
+            tl.append(f"pruned {trials.pruned}", style="blue" if trials.pruned else "dim")
+            tl.append("  ")
+            tl.append(f"in flight {trials.in_flight}", style="bold" if trials.in_flight else "dim")
+            if trials.failed:
+                tl.append(f"  failed {trials.failed}", style="red")
+            parts.append(tl)
         if flights:
             parts.append(self._flight_table(flights, now))
         return Group(*parts)

@@ -105,6 +105,10 @@ class RunState:
     liveness: Liveness
     running: list[RunningAttempt]
     read_at: float
+    trials: dict[str, int] = field(default_factory=dict)
+    """An adaptive search's trials by state (empty for another search)."""
+    budget: int | None = None
+    """An adaptive search's trials in all (``search.optuna.trials``), where the spec says."""
 
 
 @contextmanager
@@ -156,6 +160,7 @@ def read_state(run_dir: PathLike) -> RunState:
         meta = journal.meta()
         folds = journal.folds()
         attempts = journal.attempts()
+        searched = journal.search_trials()
     read_at = time.time()
     policy = _retry_policy(paths.root) if liveness.live else None
     latest: dict[str, sqlite3.Row] = {}
@@ -182,9 +187,19 @@ def read_state(run_dir: PathLike) -> RunState:
         for a in attempts
         if a["status"] == Status.RUNNING.value
     ]
+    trials: dict[str, int] = {}
+    for t in searched:  # running: in flight (interrupted when the run is not live)
+        key = {"running": "in flight", "pruning": "in flight", "fail": "failed"}.get(t["state"], t["state"])
+        key = "interrupted" if key == "in flight" and not liveness.live else key
+        trials[key] = trials.get(key, 0) + 1
+    budget = None
+    if searched:
+        spec = run_spec(paths.root)
+        opt = spec.search.optuna if spec is not None and spec.search is not None else None
+        budget = opt.trials if opt is not None else None
     return RunState(
         root=paths.root, name=meta.get("name", ""), total=len(folds), counts=counts,
-        liveness=liveness, running=running, read_at=read_at,
+        liveness=liveness, running=running, read_at=read_at, trials=trials, budget=budget,
     )
 
 
@@ -206,7 +221,15 @@ def render_state(state: RunState) -> str:
         f"state: {'live' if lv.live else 'not live'} ({lv.why})",
     ]
     listed = ", ".join(f"{n} {key}" for key, n in ordered_counts(state.counts) if n)
-    lines.append(f"folds: {state.total} in all" + (f": {listed}" if listed else ""))
+    if state.trials:
+        asked = sum(state.trials.values())
+        of = f" of {state.budget}" if state.budget is not None else ""
+        order = ("complete", "pruned", "in flight", "interrupted", "failed")
+        parts = [f"{state.trials.get(k, 0)} {k}" for k in order if k in state.trials or k in order[:3]]
+        lines.append(f"trials: {asked}{of} asked: {', '.join(parts)}")
+        lines.append(f"folds: {state.total} of the asked trials" + (f": {listed}" if listed else ""))
+    else:
+        lines.append(f"folds: {state.total} in all" + (f": {listed}" if listed else ""))
     if not state.running:
         if lv.live:
             lines.append("running: none")

@@ -25,6 +25,8 @@ class Status(str, enum.Enum):
     """Over ``max_rss`` / ``max_gpu_memory``, or killed by the kernel's OOM killer."""
     CANCELLED = "cancelled"
     """Interrupted or past the deadline: not retried, run again by ``--resume``."""
+    PRUNED = "pruned"
+    """Adaptive search: its trial was stopped by the pruner (ended, or never launched)."""
     RUNNING = "running"
     """Journal only: the attempt has started and not ended (yet)."""
 

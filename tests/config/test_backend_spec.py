@@ -50,9 +50,14 @@ def problems(tmp_path: Path, text: str, overrides: Any = ()) -> list[str]:
 def test_defaults(tmp_path: Path) -> None:
     spec = load(tmp_path, "")
     assert spec.backend == "local"
-    assert spec.ray == RaySpec(address="auto", namespace="foldrunner")
+    assert spec.ray == RaySpec(address="auto", namespace="foldrunner", cpus_per_fold=1.0)
     assert spec.to_dict()["backend"] == "local"
-    assert spec.to_dict()["ray"] == {"address": "auto", "namespace": "foldrunner"}
+    assert spec.to_dict()["ray"] == {"address": "auto", "namespace": "foldrunner", "cpus_per_fold": 1.0}
+
+
+@pytest.mark.parametrize("text, cpus", [("0.5", 0.5), ("4", 4.0), ("1024", 1024.0)])
+def test_cpus_per_fold(tmp_path: Path, text: str, cpus: float) -> None:
+    assert load(tmp_path, f"ray:\n  cpus_per_fold: {text}\n").ray.cpus_per_fold == cpus
 
 
 def test_the_contract_example_tail_loads(tmp_path: Path) -> None:
@@ -104,7 +109,7 @@ BAD = [
     ("ray not a mapping", "ray: 10.0.0.5:6379\n", "ray (line 3): expected a mapping, got '10.0.0.5:6379' (a string)"),
     ("ray unknown key", "ray:\n  adress: auto\n", "ray.adress (line 4): unknown key; did you mean 'address'?"),
     ("ray unknown key, no match", "ray:\n  zzz: 1\n",
-     "ray.zzz (line 4): unknown key; expected one of: address, namespace"),
+     "ray.zzz (line 4): unknown key; expected one of: address, namespace, cpus_per_fold"),
     ("address no port", "ray:\n  address: head\n",
      "ray.address (line 4): invalid address 'head': the port is missing, e.g. head:6379 (Ray's"
      " default); or write auto or local"),
@@ -137,6 +142,12 @@ BAD = [
     ("namespace int", "ray:\n  namespace: 3\n", "ray.namespace (line 4): expected a string, got 3 (an integer)"),
     ("namespace too long", f"ray:\n  namespace: {'n' * 101}\n",
      "ray.namespace (line 4): must be at most 100 characters, got '" + "n" * 101 + "'"),
+    ("cpus zero", "ray:\n  cpus_per_fold: 0\n", "ray.cpus_per_fold (line 4): expected a number of CPUs above 0 and at most 1024, e.g. 1, 0.5 or 4; got 0 (an integer)"),
+    ("cpus negative", "ray:\n  cpus_per_fold: -1.5\n", "ray.cpus_per_fold (line 4): expected a number of CPUs above 0 and at most 1024, e.g. 1, 0.5 or 4; got -1.5 (a number)"),
+    ("cpus too many", "ray:\n  cpus_per_fold: 2000\n", "ray.cpus_per_fold (line 4): expected a number of CPUs above 0 and at most 1024, e.g. 1, 0.5 or 4; got 2000 (an integer)"),
+    ("cpus text", "ray:\n  cpus_per_fold: two\n", "ray.cpus_per_fold (line 4): expected a number of CPUs above 0 and at most 1024, e.g. 1, 0.5 or 4; got 'two' (a string)"),
+    ("cpus bool", "ray:\n  cpus_per_fold: true\n", "ray.cpus_per_fold (line 4): expected a number of CPUs above 0 and at most 1024, e.g. 1, 0.5 or 4; got true (a boolean)"),
+    ("cpus nan", "ray:\n  cpus_per_fold: .nan\n", "ray.cpus_per_fold (line 4): expected a number of CPUs above 0 and at most 1024, e.g. 1, 0.5 or 4; got nan (a number)"),
     ("gpu list with ray", "backend: ray\nresources:\n  gpus: [0, 1]\n", f"resources.gpus (line 5): {GPUS_MESSAGE}"),
     ("gpu list with ray, flow style", "resources: {gpus: [0, 1]}\nbackend: ray\n",
      f"resources.gpus (line 3): {GPUS_MESSAGE}"),
@@ -193,5 +204,5 @@ def test_the_docs_ray_example_loads_and_the_docs_list_no_ray_key_as_planned() ->
     assert not found, found
     spec = load_spec({"name": "t", "entrypoint": "m:f", **data})
     assert (spec.backend, spec.ray.address, spec.resources.workers) == ("ray", "10.0.0.5:6379", 32)
-    planned = doc.split("## Not yet available", 1)[1].split("\n## ", 1)[0]
+    planned = doc.partition("## Not yet available")[2].split("\n## ", 1)[0]  # none left: empty
     assert "`backend`" not in planned and "`ray`" not in planned

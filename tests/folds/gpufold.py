@@ -20,6 +20,7 @@ def pinned(ctx):
         json.dumps([ctx.gpu, t0, time.time()]))
     return {
         "cuda_visible_devices": os.environ["CUDA_VISIBLE_DEVICES"],
+        "cuda_device_order": os.environ.get("CUDA_DEVICE_ORDER", ""),
         "ctx_gpu": -1 if ctx.gpu is None else ctx.gpu,
         "growth": os.environ.get("TF_FORCE_GPU_ALLOW_GROWTH", ""),
     }

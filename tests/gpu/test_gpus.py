@@ -33,6 +33,8 @@ def test_each_fold_is_pinned_to_its_gpu(tmp_path):
     assert set(df["gpu"]) == {0, 3}
     for _, row in df.iterrows():
         assert row["metric_cuda_visible_devices"] == str(row["gpu"])
+        # NVML's index counts GPUs by PCI bus: CUDA must count the same way
+        assert row["metric_cuda_device_order"] == "PCI_BUS_ID"
         assert row["metric_ctx_gpu"] == row["gpu"]
         assert row["metric_growth"] == "true"
 
@@ -178,4 +180,7 @@ def test_gpus_command_lists_gpus_or_says_plainly_there_are_none():
     except NoGpus as exc:
         assert r.stdout == f"No GPUs: {exc}.\n"
     else:  # pragma: no cover - on a machine with an NVIDIA driver
+        from foldrunner.gpu.pids import PidMode
+
         assert r.stdout.startswith("GPU 0: ")
+        assert r.stdout.splitlines()[-1] in {m.line for m in PidMode}  # how memory is read

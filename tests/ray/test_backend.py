@@ -140,6 +140,36 @@ def test_folds_without_gpus_start_from_warm_spares_on_a_cluster_with_gpus(tmp_pa
     assert not marked_alive()
 
 
+@pytest.mark.parametrize("workers, note", [
+    (None, "up to 2 folds in flight, 2 CPUs each"),  # the cluster's 4 CPUs / 2
+    (4, "up to 4 folds in flight, 2 CPUs each"),     # 2 of them wait in Ray's queue
+])
+def test_cpus_per_fold_is_what_each_fold_asks_ray_for(tmp_path, ray_cluster, workers, note):
+    # 2 nodes of 2 CPUs, 2 CPUs a fold: never two folds at once on one node
+    spans = tmp_path / "spans"
+    spec = write_spec(
+        tmp_path, "cpus", entrypoint="rayfolds:span", params={"seconds": 1.0, "spans": str(spans)},
+        cv={"folds": 6}, resources={"gpus": "none", "workers": workers}, ray={"cpus_per_fold": 2},
+        limits={"timeout": "30s", "grace": "1s", "exit_timeout": "5s"},
+    )
+    out = foldrunner_cli(ray_cluster, "run", str(spec), "--run-dir", str(tmp_path / "run"),
+                         "--backend", "ray", "--address", ray_cluster.address)
+    assert out.returncode == 0, out.stderr
+    assert note in out.stderr + out.stdout
+    df = pd.read_csv(tmp_path / "run" / "results.csv")
+    assert (df["status"] == "ok").all()
+    by_node: dict[str, list[tuple[float, float]]] = {}
+    for row in df.itertuples():
+        s = json.loads((spans / f"{row.fold_id}.1.json").read_text())
+        by_node.setdefault(row.node, []).append((s["t0"], s["t1"]))
+    assert set(by_node) == {n.node_id for n in ray_cluster.nodes}
+    for node, spans_ in by_node.items():
+        spans_.sort()
+        for (_, end), (start, _) in zip(spans_, spans_[1:]):
+            assert start >= end, f"two folds at once on node {node[:8]}"
+    assert not marked_alive()
+
+
 def test_a_lost_node_fails_its_attempts_which_are_retried_elsewhere(tmp_path):
     with RayCluster(workers=1, gpus_per_node=0) as cluster:
         spec = write_spec(

@@ -1,0 +1,1 @@
+"""The HTML report of a run: ``foldrunner report``, ``foldrunner run --report``."""
