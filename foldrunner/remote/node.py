@@ -146,6 +146,10 @@ class NodeHelper:
         self._cleanups = 0
         """Attempts whose end was told and whose leftovers are still being ended."""
         self._closing = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        """Written when a spare is taken: the spares' thread starts its successor at once."""
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         if settings.spares:
             threading.Thread(target=self._keep_warm, daemon=True, name="foldrunner spares").start()
 
@@ -159,11 +163,15 @@ class NodeHelper:
                 self.launcher.keep_warm(self.slots, len(self.slots), time.monotonic())
                 objs = self.launcher.waitables()
             try:
-                ready = set(wait(objs, 0.2)) if objs else set()
+                ready = set(wait([self._wake_r, *objs], 0.2))
             except (OSError, ValueError):  # a spare taken meanwhile: its pipe went with it
                 continue
-            if not objs:
-                self._closing.wait(0.2)
+            if self._wake_r in ready:
+                ready.discard(self._wake_r)
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
             with self.launch_lock:
                 self.launcher.on_ready(ready)
 
@@ -228,6 +236,11 @@ class NodeHelper:
                         log_path, order.marker)
             a.launch(self.launcher, task, time.monotonic())
             a.announce()
+        if self.s.spares:  # its slot's spare, if it had one, was taken: the next one now
+            try:
+                os.write(self._wake_w, b"!")
+            except BlockingIOError:  # a wake-up is already pending
+                pass
         log = _LogTail(log_path)
         for item in _drain(events):  # plain loops: Ray drives the generator with send()
             yield item
@@ -271,6 +284,7 @@ class NodeHelper:
         self._closing.set()
         with self.launch_lock:
             self.launcher.close()
+        os.close(self._wake_w)  # the spares' thread has returned or sees _closing
         shutil.rmtree(self.paths.logs, ignore_errors=True)
         try:
             self.root.rmdir()  # unless a fold left files in its run dir

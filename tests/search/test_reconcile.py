@@ -8,6 +8,7 @@ made here in the real files, as the crash would leave them, then resumed through
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import optuna
 import pytest
@@ -30,18 +31,23 @@ def test_a_trial_asked_but_never_journaled_is_adopted_not_duplicated(tmp_path):
     assert study.trials[3].params["x"] == pytest.approx(next(r["param_x"] for r in rows if r["trial"] == 3))
 
 
+def untell(run_dir: Path, number: int) -> None:
+    """The study as a crash before it was told of trial ``number``'s end leaves it."""
+    db = sqlite3.connect(run_dir / "optuna.sqlite")
+    with db:
+        (trial_id,) = db.execute("SELECT trial_id FROM trials WHERE number = ?", (number,)).fetchone()
+        db.execute("UPDATE trials SET state = 'RUNNING', datetime_complete = NULL WHERE trial_id = ?",
+                   (trial_id,))
+        db.execute("DELETE FROM trial_values WHERE trial_id = ?", (trial_id,))
+    db.close()
+
+
 def test_a_trial_journaled_as_ended_but_never_told_is_told_without_running_again(tmp_path):
     spec = write(tmp_path, spec_text("tell", trials=3, folds=2, pruner="none"))
     run_dir = tmp_path / "run"
     assert cli("run", str(spec), "--run-dir", str(run_dir)).returncode == 0
     value = load_study(run_dir, "tell").trials[2].value
-    db = sqlite3.connect(run_dir / "optuna.sqlite")  # the crash came before the study was told
-    with db:
-        (trial_id,) = db.execute("SELECT trial_id FROM trials WHERE number = 2").fetchone()
-        db.execute("UPDATE trials SET state = 'RUNNING', datetime_complete = NULL WHERE trial_id = ?",
-                   (trial_id,))
-        db.execute("DELETE FROM trial_values WHERE trial_id = ?", (trial_id,))
-    db.close()
+    untell(run_dir, 2)  # the crash came before the study was told
     assert load_study(run_dir, "tell").trials[2].state is optuna.trial.TrialState.RUNNING
     attempts = journal_rows(run_dir, "SELECT fold_id, attempt, status FROM attempts")
     done = cli("run", str(spec), "--run-dir", str(run_dir), "--resume")
@@ -65,13 +71,7 @@ def test_a_trial_pruned_while_its_folds_were_ending_is_closed_as_pruned(tmp_path
         db.execute("UPDATE search_trials SET state = 'pruning', note = 'pruned by a test' WHERE trial = 2")
         db.execute("UPDATE attempts SET status = 'running' WHERE fold_id = 't2-r0-f1'")
     db.close()
-    db = sqlite3.connect(run_dir / "optuna.sqlite")
-    with db:
-        (trial_id,) = db.execute("SELECT trial_id FROM trials WHERE number = 2").fetchone()
-        db.execute("UPDATE trials SET state = 'RUNNING', datetime_complete = NULL WHERE trial_id = ?",
-                   (trial_id,))
-        db.execute("DELETE FROM trial_values WHERE trial_id = ?", (trial_id,))
-    db.close()
+    untell(run_dir, 2)
     done = cli("run", str(spec), "--run-dir", str(run_dir), "--resume")
     assert done.returncode == 0, done.stdout + done.stderr
     rows = {r["fold_id"]: r for r in results(run_dir)}
