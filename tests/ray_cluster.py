@@ -76,6 +76,19 @@ def ray_available() -> str | None:
     return None
 
 
+def _last_json(stdout: str) -> Any:
+    """The JSON value a driver printed last (None also when it printed none). Ray may print
+    after it, even with log_to_driver=False ("(raylet) A worker died...", a raylet's log
+    line), from another thread, even on the same line as the JSON: a JSON prefix counts."""
+    decoder = json.JSONDecoder()
+    for line in reversed(stdout.strip().splitlines()):
+        try:
+            return decoder.raw_decode(line.strip())[0]
+        except ValueError:
+            continue
+    return None
+
+
 def _ray_command() -> list[str] | None:
     script = Path(sys.executable).parent / "ray"
     if script.exists():
@@ -482,7 +495,11 @@ class RayCluster:
                 last = out.stderr
                 time.sleep(0.5)
                 continue
-            alive = json.loads(out.stdout.strip().splitlines()[-1])
+            alive = _last_json(out.stdout)
+            if alive is None:  # only Ray's own lines (a raylet's message after ours)
+                last = out.stdout
+                time.sleep(0.5)
+                continue
             by_ip = {a["ip"]: a["node_id"] for a in alive}
             for node in self.nodes:
                 node.node_id = by_ip.get(node.ip)
@@ -515,14 +532,9 @@ class RayCluster:
         that is JSON (an AssertionError with its output when it fails or prints none)."""
         out = self.run_driver(code, *args, timeout=timeout)
         if out.returncode == 0:
-            # Ray may print after it, even with log_to_driver=False: "(raylet) A worker died...",
-            # from another thread, even on the same line as the JSON: read a JSON prefix
-            decoder = json.JSONDecoder()
-            for line in reversed(out.stdout.strip().splitlines()):
-                try:
-                    return decoder.raw_decode(line.strip())[0]
-                except ValueError:
-                    continue
+            value = _last_json(out.stdout)
+            if value is not None:
+                return value
         raise AssertionError(f"driver failed (exit {out.returncode}) or printed no JSON:\n"
                              f"{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
 

@@ -313,12 +313,24 @@ class Scheduler:
         final = not (result.status in self.limits.retry_on and counted < self.limits.attempts
                      and self.stop_status is None)
         if not final:
-            self.waiting.append(Waiting(a.fold, a.number + 1, time.monotonic() + self._backoff(a.used),
-                                        avoid_gpu=a.slot.gpu, used=a.used))
+            retry = Waiting(a.fold, a.number + 1, time.monotonic() + self._backoff(a.used),
+                            avoid_gpu=a.slot.gpu, used=a.used)
+            self.waiting.insert(self._retry_place(a.fold), retry)
         self.others.attempt_ended(a.fold, result, final)
         if self.source is not None:
             for request in self.source.ended(a.fold, result, final):
                 self.source.withdrawn(request, self.withdraw(request, time.monotonic()))
+
+    def _retry_place(self, fold: Fold) -> int:
+        """Where a retry of ``fold`` waits: at the end; with a source (an adaptive search,
+        whose pruner reads a replicate's folds in order), before the later folds of its
+        replicate, so that they do not all end before it and leave nothing to prune."""
+        if self.source is not None:
+            for i, w in enumerate(self.waiting):
+                if (w.fold.trial, w.fold.replicate) == (fold.trial, fold.replicate) \
+                        and w.fold.fold > fold.fold:
+                    return i
+        return len(self.waiting)
 
     def _backoff(self, attempt: int) -> float:
         base = self.limits.backoff * 2.0 ** (attempt - 1)

@@ -202,7 +202,7 @@ def _run_engine(s: Spec, plan: Plan, paths: RunPaths, opts: RunOptions, entry_bl
             sup = _engine(s, opts, paths, journal, slots, run_token, entry_blob,
                           Fanout(writer, *([events] if events else [])), inventory, notes,
                           spares, server, ray.make(run_id, owner["token"]) if ray else None)
-            search = open_search(s, plan, journal, paths, opts.resume, sup.others)
+            search = open_search(s, plan, journal, paths, opts.resume, sup.others, notes)
             if search is not None:  # an adaptive search: its trials come as slots free up
                 work = search.work
             sup.events.run_started(search.total if search else len(plan.folds),

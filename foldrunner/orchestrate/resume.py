@@ -13,7 +13,7 @@ import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,12 +127,12 @@ class Search:
 
 
 def open_search(spec: Spec, plan: Plan, journal: Journal, paths: RunPaths, resume: bool,
-                events: Events) -> Search | None:
+                events: Events, notes: Callable[[str], None] | None = None) -> Search | None:
     """The study and source of an adaptive search (None for another plan); on a resume the
     study is brought in line with the journal first (see :mod:`foldrunner.search.study`)."""
     if plan.adaptive is None:
         return None
-    source = TrialSource.open(spec, plan.adaptive, journal, paths.root, resume, events)
+    source = TrialSource.open(spec, plan.adaptive, journal, paths.root, resume, events, notes)
     work = source.initial_work(journal.attempt_counts(), journal.used_attempts())
     done = sum(1 for run in source.runs.values() for st in run.final.values()
                if st.value in (Status.OK.value, Status.PRUNED.value))

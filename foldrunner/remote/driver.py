@@ -36,11 +36,13 @@ BACKSTOP_SLACK = 60.0
 """Seconds past an attempt's own clocks after which the driver gives up on its node."""
 NODE_REFRESH = 5.0
 """Seconds between two looks for nodes that joined (each gets its helper)."""
-HEAD_CHECK = 1.0
+HEAD_CHECK = 0.25
 """Seconds between two probes of the head's GCS port."""
-HEAD_LOST_AFTER = 3
-"""Probes in a row that found nothing listening: the head is lost (Ray itself would end
-the driver's process after a minute without its GCS)."""
+HEAD_LOST_AFTER = 4
+"""Probes in a row that found nothing listening: the head is lost, in about a second
+when the port refuses, in about three when connects time out (Ray itself would end the
+driver's process after a minute without its GCS, and at once when the driver's raylet
+was the head's and died with it: the loss must be told before that)."""
 
 _RemoteHelper = ray.remote(NodeHelper)
 _attempt_task = ray.remote(run_attempt)

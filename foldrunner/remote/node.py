@@ -257,7 +257,10 @@ class NodeHelper:
                 if request is not None:
                     a.end(request[0], request[1], time.monotonic(), hard=request[2])
                 a.enforce(time.monotonic())
-                term.poll(time.monotonic())
+                if term:  # something of this attempt is being ended. Else a poll finds
+                    # nothing (no tree to join an escapee to, strays off) and costs a read of
+                    # every thread's children here: tens of ms in a Ray worker's many threads
+                    term.poll(time.monotonic())
             for item in _drain(events):
                 yield item
             for item in log.chunks(force=ended is not None):

@@ -101,10 +101,18 @@ def trial_means(results: pd.DataFrame, metric: str | None, mode: str) -> pd.Data
     return out.dropna(subset=["mean"]).sort_values("mean", ascending=mode == "min", kind="stable")
 
 
+def pruned_trials(results: pd.DataFrame) -> set[int]:
+    """Trials the pruner stopped (an adaptive search): a partial mean ranks with no other."""
+    return {int(t) for t in results.loc[results["status"] == "pruned", "trial"].unique()}
+
+
 def ranked_trials(results: pd.DataFrame, metric: str | None, mode: str) -> list[int]:
-    """Every trial with a fold in ``results``, best first: those with ``metric`` ranked,
-    then the rest by number."""
-    ranked = [int(t) for t in trial_means(results, metric, mode).index]
+    """Every trial with a fold in ``results``, best first: those with ``metric`` ranked
+    (as ``results --summary`` does, trials the pruner stopped after them, by their partial
+    mean), then the rest by number."""
+    pruned = pruned_trials(results)
+    means = [int(t) for t in trial_means(results, metric, mode).index]
+    ranked = [t for t in means if t not in pruned] + [t for t in means if t in pruned]
     seen = set(ranked)
     return ranked + sorted(int(t) for t in results["trial"].unique() if int(t) not in seen)
 

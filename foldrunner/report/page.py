@@ -21,8 +21,9 @@ import yaml
 
 from foldrunner.report import charts
 from foldrunner.report.charts import Chart, STATUS_COLOURS
-from foldrunner.report.data import (RunData, metric_column, ranked_trials, read_run,
+from foldrunner.report.data import (RunData, metric_column, pruned_trials, ranked_trials, read_run,
                                     run_span, trial_means)
+from foldrunner.errors import UsageError
 from foldrunner.store.paths import PUBLIC, atomic_write
 from foldrunner.ui.format import clock, ordered_counts
 
@@ -48,13 +49,21 @@ def write_report(run_dir: PathLike, output: PathLike | None = None) -> Path:
     run directory."""
     data = read_run(run_dir)
     target = Path(output) if output is not None else data.paths.root / "report.html"
+    if target.is_dir():
+        raise UsageError(f"cannot write the report to {target}: it is a directory;"
+                         " give a file name, e.g. report.html")
+    if not target.parent.is_dir():
+        raise UsageError(f"cannot write the report to {target}: no directory {target.parent}")
     text = render(data)
 
     def write(path: Path) -> None:
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(text)
 
-    return atomic_write(target, write, PUBLIC)
+    try:
+        return atomic_write(target, write, PUBLIC)
+    except PermissionError as exc:  # a full disk stays a storage error (exit 1)
+        raise UsageError(f"cannot write the report to {target}: {exc.strerror}") from None
 
 
 def render(data: RunData) -> str:
@@ -173,7 +182,9 @@ def trial_table(data: RunData) -> pd.DataFrame:
     first = sub.drop_duplicates("trial").set_index("trial").reindex(trials)
     counts = pd.crosstab(sub["trial"], sub["status"]).reindex(trials, fill_value=0)
     out = pd.DataFrame({"trial": trials})
-    out.insert(0, "rank", [str(i + 1) if t in means.index else "-" for i, t in enumerate(trials)])
+    pruned = pruned_trials(df)
+    out.insert(0, "rank", [str(i + 1) if t in means.index and t not in pruned else "-"
+                           for i, t in enumerate(trials)])
     for c in params:
         out[c.removeprefix("param_")] = first[c].to_numpy()
     if data.metric is not None and not means.empty:

@@ -70,13 +70,16 @@ class TrialSource:
     """Trials asked of the study as slots come free; see the module's docstring."""
 
     def __init__(self, spec: Spec, adaptive: Adaptive, journal: Journal, study: optuna.Study,
-                 run_dir: Path, events: Events | None = None) -> None:
+                 run_dir: Path, events: Events | None = None,
+                 notes: Callable[[str], None] | None = None) -> None:
         opt = spec.search.optuna if spec.search is not None else None
         assert opt is not None and spec.objective is not None
         self.opt: OptunaSearch = opt
         self.adaptive, self.journal, self.study = adaptive, journal, study
         self.metric, self.maximize = spec.objective.metric, spec.objective.mode == "max"
         self.events = events or Events()
+        self.notes = notes or (lambda text: None)
+        self._told_missing = False
         self.path = study_path(run_dir)
         self.runs: dict[int, TrialRun] = {}
         self.skipped = 0
@@ -85,12 +88,12 @@ class TrialSource:
     # -- opening: a new run, or a resume brought in line ---------------------------
     @classmethod
     def open(cls, spec: Spec, adaptive: Adaptive, journal: Journal, run_dir: Path, resume: bool,
-             events: Events | None = None) -> TrialSource:
+             events: Events | None = None, notes: Callable[[str], None] | None = None) -> TrialSource:
         """The source of a run: its study created, or (resume) loaded and reconciled with
         the journal: a trial the study asked and the journal never took is adopted (its
         missing parameters suggested), trials the journal ended are told to the study."""
         study = open_study(spec, run_dir, resume)
-        source = cls(spec, adaptive, journal, study, run_dir, events)
+        source = cls(spec, adaptive, journal, study, run_dir, events, notes)
         with source._study_writes():
             source._reconcile()
         return source
@@ -226,6 +229,11 @@ class TrialSource:
         else:
             run.note = run.note or (f"objective {self.metric!r} missing or not a finite number in "
                                     f"{run.folds[step].fold_id}'s result")
+            if not self._told_missing and self.metric not in metrics:
+                self._told_missing = True  # most likely a typo in objective.metric: say it once
+                self.notes(f"objective.metric {self.metric!r} is not in {run.folds[step].fold_id}'s"
+                           f" result (it returned: {', '.join(map(str, metrics)) or 'nothing'}):"
+                           " the study counts every such trial as FAIL")
 
     def _report(self, run: TrialRun, step: int) -> None:
         assert run.handle is not None

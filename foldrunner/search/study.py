@@ -54,18 +54,25 @@ def storage_url(run_dir: Path) -> str:
     return f"sqlite:///{study_path(run_dir).absolute()}"
 
 
-def make_sampler(opt: OptunaSearch) -> optuna.samplers.BaseSampler:
+def make_sampler(opt: OptunaSearch, asked: int = 0) -> optuna.samplers.BaseSampler:
     """The spec's sampler, seeded. TPE lies constantly about trials in flight (each is
     taken as the worst value so far), so trials asked together do not all land on the
-    same point."""
+    same point.
+
+    ``asked``: trials the study already has (a resume). TPE's and the random sampler's
+    draws come from their own generator, which a new process starts afresh: seeded as the
+    first run's, it would ask the first run's points again. Their seed moves on by the
+    trials already asked (still the same for the same history). CMA-ES keeps its state in
+    the study, and QMC its place in the sequence: their seed stays the spec's."""
     import optuna
 
+    moved = (opt.seed + asked) % 2**32
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if opt.sampler == "tpe":
-            return optuna.samplers.TPESampler(seed=opt.seed, constant_liar=True)
+            return optuna.samplers.TPESampler(seed=moved, constant_liar=True)
         if opt.sampler == "random":
-            return optuna.samplers.RandomSampler(seed=opt.seed)
+            return optuna.samplers.RandomSampler(seed=moved)
         if opt.sampler == "cmaes":
             return optuna.samplers.CmaEsSampler(seed=opt.seed, warn_independent_sampling=False)
         return optuna.samplers.QMCSampler(seed=opt.seed, warn_independent_sampling=False)
@@ -111,6 +118,9 @@ def open_study(spec: Spec, run_dir: Path, resume: bool) -> optuna.Study:
         storage=storage, sampler=make_sampler(opt), pruner=make_pruner(opt),
         study_name=spec.name, load_if_exists=True,
         direction="maximize" if spec.objective.mode == "max" else "minimize")
+    asked = len(study.get_trials(deepcopy=False))
+    if asked:
+        study.sampler = make_sampler(opt, asked)
     try:
         path.chmod(0o600)
     except OSError:

@@ -21,3 +21,10 @@ def fold_only(ctx):
 def slow_synthetic(ctx):
     time.sleep(ctx.params.get("sleep", 0.3))
     return synthetic(ctx)
+
+
+def flaky_synthetic(ctx):
+    """``synthetic``, but fold 1's first attempt fails (retried with ``retry.on: [error]``)."""
+    if ctx.fold == 1 and ctx.attempt == 1:
+        raise ValueError("fold 1 fails once")
+    return synthetic(ctx)

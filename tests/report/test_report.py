@@ -301,3 +301,20 @@ def test_an_adaptive_run_with_pruned_trials(browser, tmp_path):
     assert f"pruned {counts['pruned']}" in text and f"ok {counts['ok']}" in text  # the header
     assert "x" in text  # the param
     assert "Traceback" not in page.text
+    # complete trials ranked first, as `results --summary` does; pruned ones unranked
+    from foldrunner.report.data import read_run
+    from foldrunner.report.page import trial_table
+
+    t = trial_table(read_run(run_dir))
+    pruned = set(df.loc[df["status"] == "pruned", "trial"])
+    complete = t[~t["trial"].isin(pruned)]
+    assert list(t["rank"][: len(complete)]) == [str(i + 1) for i in range(len(complete))]
+    assert set(t.loc[t["trial"].isin(pruned), "rank"]) == {"-"}
+
+
+def test_an_output_in_a_missing_directory_exits_2_naming_it(every_status, tmp_path):
+    out = tmp_path / "nowhere" / "r.html"
+    r = cli("report", str(every_status.run_dir), "--output", str(out))
+    assert r.returncode == 2, r.stderr
+    assert f"cannot write the report to {out}: no directory {out.parent}" in r.stderr
+    assert "Traceback" not in r.stderr and not out.parent.exists()

@@ -232,3 +232,46 @@ def test_bad_optuna_specs_exit_2_through_the_cli_and_launch_nothing(tmp_path, ca
         assert out.returncode == 2, out.stdout + out.stderr
         assert f"- {key}" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "run").exists()  # nothing launched, nothing written
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_a_resume_asks_new_points_not_the_first_runs_again(tmp_path, sampler):
+    # the sampler's generator starts afresh in each process: seeded as the first run's, a
+    # resume would ask the first run's points again
+    spec = write(tmp_path, spec_text("more", trials=4, folds=2, workers=1, sampler=sampler,
+                                     pruner="none"))
+    run_dir = tmp_path / "run"
+    assert cli("run", str(spec), "--run-dir", str(run_dir)).returncode == 0
+    out = cli("run", str(spec), "--run-dir", str(run_dir), "--resume", "-o", "search.optuna.trials=8")
+    assert out.returncode == 0, out.stdout + out.stderr
+    xs = [t.params["x"] for t in load_study(run_dir, "more").trials]
+    assert len(xs) == 8 and len(set(xs)) == 8, xs
+
+
+def test_an_objective_no_fold_returns_is_said_once(tmp_path):
+    text = spec_text("typo", trials=3, folds=2, pruner="none").replace(
+        "objective: {metric: score", "objective: {metric: scor")
+    run_dir = tmp_path / "run"
+    out = cli("run", str(write(tmp_path, text)), "--run-dir", str(run_dir))
+    assert out.returncode == 0, out.stderr  # every fold is ok; the study's trials FAIL
+    said = out.stdout + out.stderr
+    assert said.count("objective.metric 'scor' is not in") == 1, said
+    assert "(it returned: score)" in said
+    assert {t.state for t in load_study(run_dir, "typo").trials} == {optuna.trial.TrialState.FAIL}
+
+
+def test_a_retried_fold_runs_before_its_later_folds_so_pruning_still_saves(tmp_path):
+    # each trial's fold 1 fails once: its retry waits before folds 2 and 3 of its trial, so
+    # a bad trial is judged on folds 0-1 (warmup_folds 1: not on fold 0 alone) and pruned
+    # before its later folds start
+    text = spec_text("flaky", entry="flaky_synthetic", trials=10, folds=4, workers=1,
+                     pruner="{median: {warmup_folds: 1, min_trials: 3}}").replace(
+        "retry: {attempts: 1, backoff: 0}", "retry: {attempts: 2, on: [error], backoff: 0}")
+    run_dir = tmp_path / "run"
+    out = cli("run", str(write(tmp_path, text)), "--run-dir", str(run_dir))
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = results(run_dir)
+    assert {r["status"] for r in rows} == {"ok", "pruned"}
+    never = [r for r in rows if r["status"] == "pruned" and r["attempts"] == 0]
+    assert never, "no fold was saved by pruning"
+    assert all(r["attempts"] == 2 for r in rows if r["fold"] == 1 and r["status"] == "ok")
