@@ -24,8 +24,9 @@ What it does, as RAY-TESTING.md asks, so that nothing leaves the machine:
   that to every node (workers first, the head last) and then checks that no process of
   the cluster is alive; never ``ray stop`` (which stops every Ray on the machine).
 
-Only the standard library and foldrunner.remote.cluster (its Ray settings; it imports no
-ray) are imported here: ray is needed by the drivers, not by this file.
+Only the standard library, foldrunner.remote.cluster (its Ray settings; it imports no
+ray) and foldrunner.child.lifeline (reaping; standard library only) are imported here:
+ray is needed by the drivers, not by this file.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from foldrunner.child.lifeline import reap_children
 from foldrunner.remote.cluster import BOOTSTRAP_CONFIG, QUIET_ENV
 
 __all__ = ["RAY_SAFE_ENV", "RayCluster", "RayNode", "alive", "free_ports", "port_open",
@@ -247,7 +249,7 @@ def _keeper_main(argv: list[str]) -> int:
     while not done.wait(0.2):
         if node.poll() is not None:
             break
-        _reap()
+        reap_children()
     code = node.poll()
     sid = os.getsid(0)
     deadline = time.monotonic() + 10
@@ -257,19 +259,9 @@ def _keeper_main(argv: list[str]) -> int:
             break
         _kill_all(left, set())
         time.sleep(0.05)
-        _reap()
-    _reap()
+        reap_children()
+    reap_children()
     return 0 if code is None else (code if code >= 0 else 128 - code)
-
-
-def _reap() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
 
 
 # --------------------------------------------------------------------------- the cluster

@@ -47,6 +47,28 @@ def foldrunner_cli(cluster: RayCluster | None, *args: str, timeout: float = 200,
                           capture_output=True, timeout=timeout, **popen)
 
 
+def run_on(cluster: RayCluster, spec: Path, run_dir: Path,
+           *extra: str) -> subprocess.CompletedProcess[str]:
+    """``foldrunner run SPEC --backend ray --address`` the cluster, to its end."""
+    return foldrunner_cli(cluster, "run", str(spec), "--run-dir", str(run_dir),
+                          "--backend", "ray", "--address", cluster.address, *extra)
+
+
+def spans_by(df: pd.DataFrame, spans: Path, key) -> dict:  # type: ignore[no-untyped-def]
+    """Each ``key(row)``'s ``(start, end)`` of its folds (rayfolds:span's records), sorted."""
+    out: dict = {}
+    for row in df.itertuples():
+        s = json.loads((spans / f"{row.fold_id}.1.json").read_text())
+        out.setdefault(key(row), []).append((s["t0"], s["t1"]))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def assert_one_at_a_time(by: dict, what: str) -> None:
+    for key, spans_ in by.items():
+        for (_, end), (start, _) in zip(spans_, spans_[1:]):
+            assert start >= end, f"two folds at once on {what} {key}"
+
+
 def marked_alive(prefix: str = "") -> list[int]:
     return [p.pid for p in proctree.marked_processes(prefix)
             if (proctree.stat_ids(p.pid) or ("Z",))[0] != "Z"]
@@ -77,8 +99,7 @@ def test_results_equal_the_local_backend(tmp_path, ray_cluster):
     cases = ["return", "raise", "fail_once", "exit3", "hang", "memory_error", "report"]
     spec = write_spec(tmp_path, "same", search={"grid": {"case": cases}})
     local = foldrunner_cli(None, "run", str(spec), "--run-dir", str(tmp_path / "local"))
-    remote = foldrunner_cli(ray_cluster, "run", str(spec), "--run-dir", str(tmp_path / "ray"),
-                            "--backend", "ray", "--address", ray_cluster.address)
+    remote = run_on(ray_cluster, spec, tmp_path / "ray")
     assert local.returncode == remote.returncode == 1, (local.stderr, remote.stderr)
     a = pd.read_csv(tmp_path / "local" / "results.csv")
     b = pd.read_csv(tmp_path / "ray" / "results.csv")
@@ -102,22 +123,14 @@ def test_gpus_are_pinned_and_folds_run_on_both_nodes(tmp_path, ray_cluster):
         cv={"folds": 12}, resources={"gpus": "auto", "per_gpu": 1},
         limits={"timeout": "30s", "grace": "1s", "exit_timeout": "5s"},
     )
-    out = foldrunner_cli(ray_cluster, "run", str(spec), "--run-dir", str(tmp_path / "run"),
-                         "--backend", "ray", "--address", ray_cluster.address)
+    out = run_on(ray_cluster, spec, tmp_path / "run")
     assert out.returncode == 0, out.stderr
     df = pd.read_csv(tmp_path / "run" / "results.csv", dtype={"metric_cuda": str})
     assert (df["status"] == "ok").all()
     assert set(df["node"]) == {n.node_id for n in ray_cluster.nodes}  # both nodes worked
     # each fold saw exactly the one GPU Ray gave it, and the journal says which
     assert list(df["metric_cuda"]) == [str(g) for g in df["gpu"]]
-    by_gpu: dict[tuple[str, int], list[tuple[float, float]]] = {}
-    for row in df.itertuples():
-        s = json.loads((spans / f"{row.fold_id}.1.json").read_text())
-        by_gpu.setdefault((row.node, int(row.gpu)), []).append((s["t0"], s["t1"]))
-    for key, spans_ in by_gpu.items():
-        spans_.sort()
-        for (_, end), (start, _) in zip(spans_, spans_[1:]):
-            assert start >= end, f"two folds at once on GPU {key}"
+    assert_one_at_a_time(spans_by(df, spans, lambda row: (row.node, int(row.gpu))), "GPU")
     assert not marked_alive()
 
 
@@ -130,8 +143,7 @@ def test_folds_without_gpus_start_from_warm_spares_on_a_cluster_with_gpus(tmp_pa
         resources={"gpus": "none", "workers": 2},
         limits={"timeout": "30s", "grace": "1s", "exit_timeout": "5s"},
     )
-    out = foldrunner_cli(ray_cluster, "run", str(spec), "--run-dir", str(tmp_path / "run"),
-                         "--backend", "ray", "--address", ray_cluster.address)
+    out = run_on(ray_cluster, spec, tmp_path / "run")
     assert out.returncode == 0, out.stderr
     df = pd.read_csv(tmp_path / "run" / "results.csv")
     assert (df["status"] == "ok").all() and df["gpu"].isna().all()
@@ -152,21 +164,14 @@ def test_cpus_per_fold_is_what_each_fold_asks_ray_for(tmp_path, ray_cluster, wor
         cv={"folds": 6}, resources={"gpus": "none", "workers": workers}, ray={"cpus_per_fold": 2},
         limits={"timeout": "30s", "grace": "1s", "exit_timeout": "5s"},
     )
-    out = foldrunner_cli(ray_cluster, "run", str(spec), "--run-dir", str(tmp_path / "run"),
-                         "--backend", "ray", "--address", ray_cluster.address)
+    out = run_on(ray_cluster, spec, tmp_path / "run")
     assert out.returncode == 0, out.stderr
     assert note in out.stderr + out.stdout
     df = pd.read_csv(tmp_path / "run" / "results.csv")
     assert (df["status"] == "ok").all()
-    by_node: dict[str, list[tuple[float, float]]] = {}
-    for row in df.itertuples():
-        s = json.loads((spans / f"{row.fold_id}.1.json").read_text())
-        by_node.setdefault(row.node, []).append((s["t0"], s["t1"]))
+    by_node = spans_by(df, spans, lambda row: row.node)
     assert set(by_node) == {n.node_id for n in ray_cluster.nodes}
-    for node, spans_ in by_node.items():
-        spans_.sort()
-        for (_, end), (start, _) in zip(spans_, spans_[1:]):
-            assert start >= end, f"two folds at once on node {node[:8]}"
+    assert_one_at_a_time(by_node, "node")
     assert not marked_alive()
 
 
@@ -214,8 +219,7 @@ def test_a_killed_driver_leaves_no_fold_and_resume_finishes(tmp_path, ray_cluste
     while marked_alive() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not marked_alive(), "folds outlived their driver"
-    out = foldrunner_cli(ray_cluster, "run", str(spec), "--run-dir", str(run_dir), "--backend",
-                         "ray", "--address", ray_cluster.address, "--resume")
+    out = run_on(ray_cluster, spec, run_dir, "--resume")
     assert out.returncode == 0, out.stderr
     rows = journal_rows(run_dir)
     assert {r[0] for r in rows if r[2] == "ok"} == {f"t0-r0-f{i}" for i in range(8)}
