@@ -44,5 +44,8 @@ class Timing:
     STRAY_GRACE = 5.0
     """Default grace of a process that came back to us and no fold owns any more (the
     scheduler gives such processes the spec's ``limits.grace``)."""
+    SWEEP_EVERY = 0.1
+    """Seconds between two sweeps of the orchestrator's children for escapees that came
+    back to it, while no tree is being ended (every loop turn while one is)."""
     BACKOFF_JITTER = 0.25
     """Retry backoff is multiplied by a random factor in ``[1 - j, 1 + j]``."""

@@ -209,6 +209,26 @@ gaps = list(df["metric_first_line"].iloc[1:].values - df["ended_at"].iloc[:-1].v
 print(json.dumps({"gap": statistics.median(gaps), "nodes": sorted(set(df["node"]))}))
 """
 
+_RAY_FLOOR = """
+import json, statistics, sys, time
+import ray
+address, n = sys.argv[1], int(sys.argv[2])
+ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+
+@ray.remote(num_cpus=1, max_retries=0)
+def step():  # a fold that does nothing: its first line, then its end, as generator items
+    yield time.time()
+    yield time.time()
+
+gaps, prev_end = [], None
+for i in range(n + 3):  # one slot: the next task is submitted once the last one's end is in
+    items = [ray.get(ref) for ref in step.remote()]
+    if prev_end is not None and i >= 3:  # the first ones start the worker
+        gaps.append(items[0] - prev_end)
+    prev_end = items[1]
+print(json.dumps({"gap": statistics.median(gaps)}))
+"""
+
 
 def _on_cluster(cluster, code: str, *args: object, timeout: float = 900) -> dict:
     out = cluster.run_driver(code, *map(str, args), timeout=timeout)
@@ -242,18 +262,21 @@ def measure_ray_backend(cluster, n: int, workers: int) -> dict | str:
     return out if "seconds" in out else out.get("unavailable", "?")
 
 
-def tf_idle_gaps(folds: int, work: float) -> tuple[float, float, list[str]]:
+def tf_idle_gaps(folds: int, work: float) -> tuple[float, float, float, list[str]]:
     """The idle gap of one slot between consecutive TensorFlow folds (bench_startup.py's
     measure: the previous fold's end to the next fold's first line), median: with local
     warm spares, and with the Ray backend on a remote node (a cluster whose head has no
-    CPU, so every fold runs on the other node, warm spares kept by its helper)."""
+    CPU, so every fold runs on the other node, warm spares kept by its helper); and, on
+    that cluster, Ray's own floor for one task per fold: a bare task that does nothing,
+    submitted as soon as the previous one's end reaches the driver."""
     from bench_startup import run_mode
 
     local = run_mode("warm spares", folds, work, True, "forkserver")["gap"]
     harness = load_harness()
     with harness.RayCluster(workers=1, gpus_per_node=0, head_cpus=0) as cluster:
         out = _on_cluster(cluster, _RAY_TF, folds, work, HERE, timeout=900)
-    return local, out["gap"], out["nodes"]
+        floor = _on_cluster(cluster, _RAY_FLOOR, 30)["gap"]
+    return local, out["gap"], floor, out["nodes"]
 
 
 def ray_rows(args: argparse.Namespace, local_folds_per_s: float) -> None:
@@ -296,12 +319,14 @@ def ray_rows(args: argparse.Namespace, local_folds_per_s: float) -> None:
               f" fold's start to last fold's end ({rb_in:.1f} against {local_in_run:.1f} folds/s;"
               f" goal: >= 0.5); folds ran on {backend.get('nodes', '?')} node(s)")
     if args.tf_folds:
-        local_gap, ray_gap, nodes = tf_idle_gaps(args.tf_folds, args.tf_work)
+        local_gap, ray_gap, floor, nodes = tf_idle_gaps(args.tf_folds, args.tf_work)
         print(f"TensorFlow folds, one slot, {args.tf_folds} folds of {args.tf_work:g}s (idle gap between"
               f" folds, median):")
         print(f"  local backend, warm spares    : {local_gap * 1000:7.0f} ms")
         print(f"  Ray backend, a remote node    : {ray_gap * 1000:7.0f} ms  (node {', '.join(n[:8] for n in nodes)})")
         print(f"  Ray remote / local            : {ray_gap / local_gap:7.2f}x  (goal: <= 2x)")
+        print(f"  Ray's own floor, one bare task per fold on that node, submitted when the last"
+              f" one's end is in: {floor * 1000:.0f} ms")
 
 
 def main() -> int:

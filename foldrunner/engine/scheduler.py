@@ -146,6 +146,7 @@ class Scheduler:
                     self.request_stop(Status.CRASHED, fault, hard=True)
                 self._apply_stop(now)
                 self._launch_ready(now)
+                self.events.tick(time.monotonic())  # batched writes: after the launches
                 self.launcher.keep_warm(self.slots, self._queued() if self.stop_status is None else 0, now)
                 self._wait(self._next_wakeup(now))
                 self._turn(time.monotonic())
@@ -165,11 +166,10 @@ class Scheduler:
                               "results are kept; run again with --resume when it is back")
 
     def _turn(self, now: float) -> None:
-        """After a wait: each attempt's clocks, the terminator, batched writes."""
+        """After a wait: each attempt's clocks, the terminator."""
         for a in list(self.running.values()):
             a.enforce(now)
         self.term.poll(time.monotonic())
-        self.events.tick(time.monotonic())
 
     def _queued(self) -> int:
         """Folds waiting, and those the source may still give."""

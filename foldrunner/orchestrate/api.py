@@ -23,6 +23,7 @@ import pandas as pd
 
 from foldrunner.config.plan import Plan, build_plan
 from foldrunner.config.spec import Spec, load_spec
+from foldrunner.defaults import Timing
 from foldrunner.engine.attempt import TaskTemplate
 from foldrunner.engine.backend import Backend
 from foldrunner.engine.events import Events, Fanout
@@ -237,7 +238,7 @@ def _engine(s: Spec, opts: RunOptions, paths: RunPaths, journal: Journal, slots:
     """The engine of one run: its terminator, launcher (``remote``: the Ray backend's),
     attempts' template, scheduler."""
     grace = s.limits.grace
-    term = Terminator(stray_grace=grace)
+    term = Terminator(stray_grace=grace, sweep_every=Timing.SWEEP_EVERY)
     launcher: Backend = remote or LocalLauncher(
         run_id=run_id, paths=paths, terminator=term, grace=grace, notes=notes, env=dict(s.env),
         workdir=str(s.workdir), start_method=opts.start_method, spares=spares,

@@ -36,7 +36,11 @@ from foldrunner.procs.reaper import Reaper
 log = logging.getLogger("foldrunner")
 
 POLL = 0.02
-"""Seconds between two polls of :func:`end_now`."""
+"""Seconds between two polls of :meth:`Terminator.wait` (and :func:`end_now`), at most."""
+FIRST_POLL = 0.001
+"""The first pause of :meth:`Terminator.wait`, doubled up to :data:`POLL`: a fold that
+just exited is usually gone a moment later (its parent reaps it), and a Ray task that
+waits for it holds its CPUs and GPU until then."""
 
 
 @dataclass
@@ -78,7 +82,7 @@ class Terminator:
     """Ends process trees politely, then surely; sweeps up what comes back to us."""
 
     def __init__(self, own_children: Callable[[], set[int]] = set, strays: bool = True,
-                 stray_grace: float = Timing.STRAY_GRACE) -> None:
+                 stray_grace: float = Timing.STRAY_GRACE, sweep_every: float = 0.0) -> None:
         self.own_children = own_children
         """Pids of this process's children that are not to be swept or reaped (servers,
         folds' roots: their owners wait for them)."""
@@ -86,6 +90,12 @@ class Terminator:
         """Finds what came back to us; ``strays``: whether children of ours that no tree
         owns are ended (the orchestrator's loop)."""
         self.stray_grace = stray_grace
+        self.sweep_every = sweep_every
+        """Seconds between two sweeps of :meth:`poll` while no tree is being ended (a
+        sweep reads the children of every thread of this process: a driver with Ray's
+        threads and an attempt's relay each polls often); a tree being ended is swept on
+        every poll."""
+        self._swept = -float("inf")
         self.entries: dict[object, Ending] = {}
 
     def keep(self, own_children: Callable[[], set[int]]) -> None:
@@ -153,7 +163,9 @@ class Terminator:
         The sweep runs on every poll: a tree is done only when nothing of it is left,
         escapees that came back since the last poll included."""
         now = time.monotonic() if now is None else now
-        self.sweep(now)
+        if self.entries or now >= self._swept + self.sweep_every:
+            self._swept = now
+            self.sweep(now)
         keep = self.own_children()
         for e in list(self.entries.values()):
             proctree.send(e.add(list(e.procs.values())), e.signal)
@@ -210,10 +222,12 @@ class Terminator:
 
     def wait(self, deadline: float) -> bool:
         """Poll until every tree has ended or ``deadline``; True when all ended."""
+        pause = FIRST_POLL
         while self.entries and time.monotonic() < deadline:
             self.poll()
             if self.entries:
-                time.sleep(POLL)
+                time.sleep(pause)
+                pause = min(POLL, pause * 2)
         return not self.entries
 
 

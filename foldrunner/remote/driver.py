@@ -11,9 +11,9 @@ exit timeout and a minute more) for a node that stops answering.
 from __future__ import annotations
 
 import itertools
-import re
 import os
 import queue
+import re
 import socket
 import threading
 import time
@@ -29,7 +29,16 @@ from foldrunner.engine.attempt import Attempt, Finished
 from foldrunner.engine.events import AttemptStart
 from foldrunner.engine.verdict import Observed
 from foldrunner.gpu.inventory import Slot
-from foldrunner.remote.node import AttemptOrder, NodeHelper, NodeSettings, helper_name, run_attempt
+from foldrunner.remote.node import (
+    AttemptOrder,
+    NodeHelper,
+    NodeSettings,
+    helper_name,
+    node_slots,
+    run_attempt,
+    warm_worker,
+)
+from foldrunner.remote.threads import Threads
 from foldrunner.wire.outcome import AttemptResult, ChildOutcome, Status
 
 BACKSTOP_SLACK = 60.0
@@ -44,8 +53,19 @@ when the port refuses, in about three when connects time out (Ray itself would e
 driver's process after a minute without its GCS, and at once when the driver's raylet
 was the head's and died with it: the loss must be told before that)."""
 
+HELPER_THREADS = 8
+"""Threads of a helper for the driver's calls (ends, close): its attempts' tasks reach it
+on a socket of its own, served by threads it starts (Ray starts every thread of an actor
+up front, and each one costs every sweep of the helper's children a read)."""
+
+WARM_HOLD = 0.3
+"""Seconds each of the warm-up tasks holds its worker (so that the next one needs another)."""
+WARM_WAIT = 30.0
+"""Seconds the run's start waits at most for its helpers and warm workers."""
+
 _RemoteHelper = ray.remote(NodeHelper)
 _attempt_task = ray.remote(run_attempt)
+_warm_task = ray.remote(warm_worker)
 
 
 class RayBackend:
@@ -55,11 +75,15 @@ class RayBackend:
         self.settings = settings
         self.gpus_per_fold, self.cpus_per_fold = gpus_per_fold, cpus_per_fold
         self.helpers: dict[str, Any] = {}
+        self.slot_nodes: dict[int, str] = {}
+        """The node each slot's latest attempt ran on: its next attempt asks that node first."""
         self._numbers = itertools.count(1)
         self.gcs = str(ray.get_runtime_context().gcs_address)
         self.lost: str | None = None
+        self.relays = Threads("foldrunner relay")
+        """The attempts' relays (a thread per attempt in flight, started once)."""
         self._closing = threading.Event()
-        self._refresh()
+        self._refresh(warm=True)
         # Ray's calls to the head block (up to a minute) when it is gone: the scheduler's
         # loop never makes one; this thread watches the head and the nodes instead
         threading.Thread(target=self._watch, daemon=True, name="foldrunner ray watch").start()
@@ -87,18 +111,29 @@ class RayBackend:
                 except Exception:  # noqa: BLE001 - the next look tries again
                     pass
 
-    def _refresh(self) -> None:
-        """A helper on every live node (the driver owns them: they end with it)."""
+    def _refresh(self, warm: bool = False) -> None:
+        """A helper on every live node (the driver owns them: they end with it). With
+        ``warm``, wait (up to :data:`WARM_WAIT`) until every helper is ready and each node
+        has a Ray worker per slot for the attempts' tasks (see :func:`warm_worker`)."""
+        waits = []
         for node in ray.nodes():  # type: ignore[no-untyped-call]
             node_id = node["NodeID"]
             if not node.get("Alive") or node_id in self.helpers:
                 continue
             self.helpers[node_id] = _RemoteHelper.options(  # one assignment: no lock needed
                 name=helper_name(self.settings.run_token, node_id),
-                namespace=self.settings.namespace, num_cpus=0, max_concurrency=1000,
+                namespace=self.settings.namespace, num_cpus=0,
+                max_concurrency=HELPER_THREADS,
                 max_restarts=0,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
             ).remote(self.settings)
+            if warm:
+                waits.append(self.helpers[node_id].ready.remote())
+                affinity = NodeAffinitySchedulingStrategy(node_id, soft=False)
+                waits += [_warm_task.options(num_cpus=0, max_retries=0, scheduling_strategy=affinity)
+                          .remote(WARM_HOLD) for _ in node_slots(node.get("Resources", {}), self.settings)]
+        if waits:  # a node that fails here fails its attempts later, as it would have anyway
+            ray.wait(waits, num_returns=len(waits), timeout=WARM_WAIT)
 
     def helper(self, node_id: str) -> Any:
         return dict(self.helpers).get(node_id)
@@ -180,31 +215,41 @@ class RemoteAttempt:
         self._closing = threading.Lock()
         self._eof = False
         order = AttemptOrder(self.fold, self.number, self.used, self.marker, task, lim)
+        where: dict[str, Any] = {}
+        node = backend.slot_nodes.get(self.slot.index)
+        if node is not None and self.used == 1 and node in backend.helpers:
+            # its slot's node first: the lease request goes straight to that node's raylet
+            # (not through the driver's, which may have no room and pass it on); Ray
+            # places it elsewhere when that node is full or gone. A retry goes where Ray
+            # puts it, so that a fold that failed on a node may land on another
+            where["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+                node, soft=True, _spill_on_unavailable=True)
         self.refs = _attempt_task.options(
             num_gpus=backend.gpus_per_fold, num_cpus=backend.cpus_per_fold, max_retries=0,
-            retry_exceptions=False, name=f"foldrunner {self.fold.fold_id}.{self.number}",
+            retry_exceptions=False, name=f"foldrunner {self.fold.fold_id}.{self.number}", **where,
         ).remote(order, backend.settings)
         self.slot.busy = True
-        self._thread = threading.Thread(target=self._relay, daemon=True,
-                                        name=f"foldrunner relay {self.fold.fold_id}.{self.number}")
-        self._thread.start()
+        self._relayed = threading.Event()
+        backend.relays.run(self._relay)
 
     # -- the relay thread ------------------------------------------------------------
     def _relay(self) -> None:
         try:
             for ref in self.refs:  # type: ignore[attr-defined]  # an ObjectRefGenerator
-                item = ray.get(ref)
-                self._q.put(item)
+                batch = ray.get(ref)
+                for item in batch:
+                    self._q.put(item)
                 with self._closing:
                     if self._w < 0:
                         return
                     os.write(self._w, b"!")
-                if item[0] == "final":  # the node ends its leftovers on its own from here
+                if batch[-1][0] == "final":  # the node ends its leftovers on its own from here
                     break
         except Exception as exc:  # noqa: BLE001 - a lost node, a killed worker: the attempt's end
             self._q.put(("failed", _describe(exc)))
         finally:
             self._close_writers()
+            self._relayed.set()
 
     def _close_writers(self) -> None:
         """Close the relay's ends (once: from the relay, or from the scheduler's thread
@@ -250,6 +295,7 @@ class RemoteAttempt:
         if kind == "started":
             _, pid, pid_started_at, started_at, gpu, host, node = item
             self.node, self.started_wall = node, started_at
+            self.backend.slot_nodes[self.slot.index] = node
             lim = self.limits  # its clocks run from now, on its node
             self.backstop = (time.monotonic() + lim.timeout + lim.grace + lim.exit_timeout
                              + BACKSTOP_SLACK)
@@ -278,7 +324,7 @@ class RemoteAttempt:
                        note=result.note.replace(result.log_path, here))
 
     def finish(self) -> Finished:
-        self._thread.join(0.5 if self.backend.lost else 5.0)
+        self._relayed.wait(0.5 if self.backend.lost else 5.0)
         self.read()
         os.close(self._r)
         os.close(self._done_r)
@@ -322,7 +368,7 @@ class RemoteAttempt:
         return set()
 
     def wait_exit(self, timeout: float) -> None:
-        self._thread.join(timeout)
+        self._relayed.wait(timeout)
 
 
 def _describe(exc: BaseException) -> str:

@@ -20,11 +20,12 @@ Ray ends them, and every fold they started sees its lifeline close and ends its 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-import secrets
 import shutil
 import socket
+import struct
 import tempfile
 import threading
 import time
@@ -44,9 +45,11 @@ from foldrunner.engine.events import AttemptStart, Events
 from foldrunner.engine.limits import Limits
 from foldrunner.gpu.inventory import NvmlInventory, Slot
 from foldrunner.gpu.watch import GpuWatch
+from foldrunner.launch.forkserver import FOLD_SERVER
 from foldrunner.launch.local import LocalLauncher
 from foldrunner.procs.memory import OomCounter
 from foldrunner.procs.terminate import Terminator
+from foldrunner.remote.threads import Threads
 from foldrunner.store.paths import RunPaths
 from foldrunner.wire.outcome import AttemptResult, Status
 
@@ -57,10 +60,20 @@ LOG_CHUNK_MAX = 1 << 20
 HELPER_WAIT = 30.0
 """Seconds a task waits for its node's helper to exist (the driver creates helpers as
 nodes join)."""
+HOLD = 0.05
+"""Seconds what an attempt says may wait to travel with what it says next: a short fold's
+start, result, log and end go to the driver as one item of its task's generator, not four
+(each item is a Ray call from the node to the driver)."""
 
 
 def helper_name(run_token: str, node_id: str) -> str:
     return f"foldrunner-{run_token}-{node_id}"
+
+
+def helper_address(run_token: str, node_id: str) -> str:
+    """Where the run's helper on a node listens for its attempts' tasks: a local socket in
+    the abstract namespace (no file to leave behind), taken only from this user."""
+    return f"\0{helper_name(run_token, node_id)}"
 
 
 @dataclass(frozen=True)
@@ -140,6 +153,8 @@ class NodeHelper:
             preload=settings.preload,
         )
         self.slots = _node_slots(self.node, settings)
+        if settings.start_method == "forkserver" and self.slots:
+            FOLD_SERVER.ensure_running()  # now, not on this node's first attempt
         self.ends: dict[str, tuple[Status, str, bool]] = {}
         self._nvml: NvmlInventory | None = None
         self._cleaning = threading.Condition()
@@ -152,6 +167,28 @@ class NodeHelper:
         os.set_blocking(self._wake_w, False)
         if settings.spares:
             threading.Thread(target=self._keep_warm, daemon=True, name="foldrunner spares").start()
+        self.threads = Threads("foldrunner attempt")
+        """Where each attempt's task is served (a thread per attempt running here)."""
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(helper_address(settings.run_token, self.node))
+        self.listener.listen(64)
+        threading.Thread(target=self._accept, daemon=True, name="foldrunner tasks").start()
+
+    def ready(self) -> bool:
+        """Answers once the helper exists and listens (the driver waits on it)."""
+        return True
+
+    def _accept(self) -> None:
+        """Take each attempt's task as it connects: a thread of its own serves it."""
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:  # close() closed the listener
+                return
+            if not _same_user(sock):
+                sock.close()
+                continue
+            self.threads.run(functools.partial(self.serve, Connection(sock.detach())))
 
     def _keep_warm(self) -> None:
         """One warm spare per slot of this node, all the run long (the local backend's
@@ -192,37 +229,38 @@ class NodeHelper:
         """End the attempt ``marker`` (a stop, the driver's clock): as ``Attempt.end``."""
         self.ends[marker] = (Status(status), reason, hard)
 
-    def serve(self, order: AttemptOrder, gpu: int | None, address: str) -> None:
-        """Run one attempt here on ``gpu`` for the task listening at ``address`` (a local
-        socket): send it what the attempt says, then how it ended; close once what the
-        fold left is gone. A task gone meanwhile (cancelled, its worker killed) ends the
-        fold at once: nobody is left to hear of it."""
-        try:
-            conn = _connect(address)
-        except OSError:  # the task is gone before its fold started: nothing to run
-            return
+    def serve(self, conn: Connection) -> None:
+        """Run the attempt a task sent on ``conn``, on the GPU Ray gave the task: send the
+        task what the attempt says, then how it ended; close once what the fold left is
+        gone. A task gone meanwhile (cancelled, its worker killed) ends the fold at once:
+        nobody is left to hear of it."""
         told = True
         try:
-            for item in self.run(order, gpu):
-                if not told:
-                    continue
-                try:
-                    conn.send(item)
-                except OSError:
-                    told = False
-                    self.end(order.marker, Status.CANCELLED.value, "its Ray task is gone", True)
-        except Exception as exc:  # noqa: BLE001 - told to the task, whose failure it becomes
-            if told:
-                try:
-                    conn.send(("fault", f"{type(exc).__name__}: {exc}"))
-                except OSError:
-                    pass
-            raise
+            try:
+                order, gpu = conn.recv()
+            except (EOFError, OSError):  # the task is gone before its fold started
+                return
+            try:
+                for batch in self.run(order, gpu):
+                    if not told:
+                        continue
+                    try:
+                        conn.send(batch)
+                    except OSError:
+                        told = False
+                        self.end(order.marker, Status.CANCELLED.value, "its Ray task is gone", True)
+            except Exception as exc:  # noqa: BLE001 - told to the task, whose failure it becomes
+                if told:
+                    try:
+                        conn.send([("fault", f"{type(exc).__name__}: {exc}")])
+                    except OSError:
+                        pass
         finally:
             conn.close()
 
-    def run(self, order: AttemptOrder, gpu: int | None) -> Iterator[tuple[Any, ...]]:
-        """Run one attempt here on ``gpu``; yield what it says, then how it ended."""
+    def run(self, order: AttemptOrder, gpu: int | None) -> Iterator[list[tuple[Any, ...]]]:
+        """Run one attempt here on ``gpu``; yield what it says, in batches (what waited
+        less than :data:`HOLD` for company), the last one with how it ended."""
         term = Terminator(self.launcher.pids, strays=False, stray_grace=self.s.grace)
         events = _Collector(self.host, self.node)
         inventory = self._inventory() if gpu is not None else None
@@ -242,12 +280,13 @@ class NodeHelper:
             except BlockingIOError:  # a wake-up is already pending
                 pass
         log = _LogTail(log_path)
-        for item in _drain(events):  # plain loops: Ray drives the generator with send()
-            yield item
+        held: list[tuple[Any, ...]] = _drain(events)
+        held_since = time.monotonic()
         ended = None
         while ended is None:
             fd = a.fd
-            ready = wait([a.sentinel] + ([fd] if fd is not None else []), 0.1)
+            timeout = 0.1 if not held else max(0.0, held_since + HOLD - time.monotonic())
+            ready = wait([a.sentinel] + ([fd] if fd is not None else []), timeout)
             if fd is not None and fd in ready:
                 a.read()
             if a.sentinel in ready:
@@ -259,19 +298,22 @@ class NodeHelper:
                 a.enforce(time.monotonic())
                 if term:  # something of this attempt is being ended. Else a poll finds
                     # nothing (no tree to join an escapee to, strays off) and costs a read of
-                    # every thread's children here: tens of ms in a Ray worker's many threads
+                    # every thread's children here
                     term.poll(time.monotonic())
-            for item in _drain(events):
-                yield item
-            for item in log.chunks(force=ended is not None):
-                yield item
+            new = _drain(events) + log.chunks(force=ended is not None)
+            if new and not held:
+                held_since = time.monotonic()
+            held += new
+            if held and ended is None and time.monotonic() >= held_since + HOLD:
+                yield held
+                held = []
         self.ends.pop(order.marker, None)
         with self._cleaning:
             self._cleanups += 1
         try:
             # the driver frees the slot now, as the local backend does while its
             # terminator ends what the fold left; close() waits for these cleanups
-            yield ("final", ended.result, ended.withdrawn)
+            yield [*held, ("final", ended.result, ended.withdrawn)]
             term.wait(time.monotonic() + order.limits.grace + Timing.REAP_WAIT)
         finally:
             with self._cleaning:
@@ -285,6 +327,7 @@ class NodeHelper:
             self._cleaning.wait_for(lambda: self._cleanups == 0,
                                     timeout=self.s.grace + Timing.REAP_WAIT + 1.0)
         self._closing.set()
+        self.listener.close()
         with self.launch_lock:
             self.launcher.close()
         os.close(self._wake_w)  # the spares' thread has returned or sees _closing
@@ -296,12 +339,17 @@ class NodeHelper:
 
 
 def _node_slots(node: str, settings: NodeSettings) -> list[Slot]:
-    """This node's slots: ``per_gpu`` per GPU Ray gives it when folds use GPUs, else one
-    per ``cpus_per_fold`` CPUs; never more than the run's folds in flight."""
+    """This node's slots (see :func:`node_slots`)."""
     resources: dict[str, float] = {}
     for n in ray.nodes():  # type: ignore[no-untyped-call]
         if n["NodeID"] == node:
             resources = n.get("Resources", {})
+    return node_slots(resources, settings)
+
+
+def node_slots(resources: dict[str, float], settings: NodeSettings) -> list[Slot]:
+    """The slots of a node with Ray ``resources``: ``per_gpu`` per GPU when folds use
+    GPUs, else one per ``cpus_per_fold`` CPUs; never more than the run's folds in flight."""
     gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 0))
     if cpus < settings.cpus_per_fold:  # no attempt fits here: no spares either
         return []
@@ -344,69 +392,68 @@ class _LogTail:
         return out
 
 
-def run_attempt(order: AttemptOrder, settings: NodeSettings) -> Iterator[tuple[Any, ...]]:
+def warm_worker(hold: float) -> int:
+    """A task that does nothing for ``hold`` seconds. The driver sends one per slot of
+    each node before the first attempt: Ray then starts the workers that the attempts'
+    tasks will run in side by side, each importing this module, instead of one at a time
+    as the first attempts wait for them (a second or more each on a busy machine)."""
+    time.sleep(hold)
+    return os.getpid()
+
+
+def run_attempt(order: AttemptOrder, settings: NodeSettings) -> Iterator[list[tuple[Any, ...]]]:
     """The body of an attempt's Ray task: on the node Ray chose, with the GPU it gave.
 
-    It listens on a local socket, asks its node's helper to run the attempt and tell it
-    there (a call it does not wait on), and yields what it hears until the helper closes.
+    It sends the attempt to its node's helper over the helper's local socket and yields
+    what it hears (batches of what the attempt says) until the helper closes.
     """
     ids = ray.get_gpu_ids()
     gpu = int(ids[0]) if ids else None
     node = ray.get_runtime_context().get_node_id()
-    helper = _helper(settings, node)
-    address = f"\0foldrunner-{settings.run_token}-{secrets.token_hex(12)}"  # abstract: no file
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
-        listener.bind(address)
-        listener.listen(1)
-        listener.settimeout(HELPER_WAIT)
-        helper.serve.remote(order, gpu, address)
-        try:
-            sock, _ = listener.accept()
-        except socket.timeout:
-            raise RuntimeError(f"the foldrunner helper on node {node} did not take the attempt"
-                               f" within {HELPER_WAIT:g}s") from None
-    sock.settimeout(None)
-    conn = Connection(sock.detach())
-    item: tuple[Any, ...] = ("nothing",)
+    conn = _connect_helper(helper_address(settings.run_token, node), node)
+    last: list[tuple[Any, ...]] = []
     try:
+        conn.send((order, gpu))
         while True:
             try:
-                item = conn.recv()
+                batch = conn.recv()
             except EOFError:  # the helper closed: the attempt and its leftovers are gone
                 break
-            if item[0] == "fault":  # the helper failed to run it: the task fails with it
-                raise RuntimeError(item[1])
-            yield item
+            if batch[0][0] == "fault":  # the helper failed to run it: the task fails with it
+                raise RuntimeError(batch[0][1])
+            last = batch
+            yield batch
     finally:
         conn.close()
-    if item[0] != "final":  # the helper went away before it said how the attempt ended
+    if not last or last[-1][0] != "final":  # the helper went away before it said how it ended
         raise RuntimeError(f"the foldrunner helper on node {node} stopped before the attempt ended")
 
 
-def _connect(address: str) -> Connection:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(address)
-    except OSError:
-        sock.close()
-        raise
-    return Connection(sock.detach())
-
-
-_HELPERS: dict[str, Any] = {}
-"""Helpers this worker process has looked up (a lookup asks the head)."""
-
-
-def _helper(settings: NodeSettings, node: str) -> Any:
-    name = helper_name(settings.run_token, node)
-    if name in _HELPERS:
-        return _HELPERS[name]
+def _connect_helper(address: str, node: str) -> Connection:
+    """A connection to the run's helper on this node, which may not exist yet (the driver
+    creates helpers as nodes join): tried for :data:`HELPER_WAIT` seconds."""
     deadline = time.monotonic() + HELPER_WAIT
     while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            _HELPERS[name] = ray.get_actor(name, namespace=settings.namespace)
-            return _HELPERS[name]
-        except ValueError:
+            sock.connect(address)
+        except OSError:
+            sock.close()
             if time.monotonic() > deadline:
-                raise RuntimeError(f"no foldrunner helper on node {node} after {HELPER_WAIT:g}s")
-            time.sleep(0.2)
+                raise RuntimeError(f"no foldrunner helper on node {node} after {HELPER_WAIT:g}s"
+                                   ) from None
+            time.sleep(0.05)
+            continue
+        if not _same_user(sock):
+            sock.close()
+            raise RuntimeError(f"the foldrunner helper's socket on node {node} belongs to"
+                               " another user")
+        return Connection(sock.detach())
+
+
+def _same_user(sock: socket.socket) -> bool:
+    """Whether the process at the other end of a local socket runs as this user (the
+    socket's name is visible to every user of the machine; what travels on it is pickled)."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _, uid, _ = struct.unpack("3i", creds)
+    return bool(uid == os.getuid())

@@ -34,9 +34,16 @@ class ResultsWriter(Events):
         self.notes = notes or _no_notes
         self.storage_error: StorageError | None = None
         """Why the latest write of the results files failed (None once one succeeds)."""
+        self.due = False
+        """A fold ended for good since the last rewrite."""
 
     def attempt_ended(self, fold: Fold, result: AttemptResult, final: bool) -> None:
-        if final and time.monotonic() - self.last >= self.interval:
+        self.due = self.due or final
+
+    def tick(self, now: float) -> None:
+        """The rewrite, when one is due: in the engine's turn after it launched what the
+        ended folds freed (a rewrite takes milliseconds that a waiting slot would idle)."""
+        if self.due and now - self.last >= self.interval:
             self.flush()
 
     def flush(self) -> pd.DataFrame:
@@ -44,6 +51,7 @@ class ResultsWriter(Events):
         read-only run dir never stops the run here: one note, and the journal keeps every
         result (the run raises :attr:`storage_error` at its end if it still fails)."""
         t0 = time.monotonic()
+        self.due = False
         df = build_table(self.journal)
         try:
             write_results(df, self.paths)
