@@ -60,6 +60,16 @@ class MedianPruner(_Section):
     """Other trials that must have reached the same fold before any comparison."""
 
 
+class PercentilePruner(MedianPruner):
+    """Fold-aware percentile pruning: as ``median``, but a trial goes on only while its
+    running mean is among the best ``percentile`` per cent of the others' over the same
+    folds (Optuna's ``PercentilePruner`` meaning: 25 keeps the top quarter)."""
+
+    percentile: Annotated[float, Field(gt=0.0, lt=100.0)] = 25.0
+    """The per cent of trials kept at each fold, more than 0 and less than 100 (50 is the
+    median pruner)."""
+
+
 class WilcoxonPruner(_Section):
     """Optuna's ``WilcoxonPruner``: a trial's fold scores paired by fold with the best
     trial's, pruned when a one-sided signed-rank test says it is worse."""
@@ -68,13 +78,14 @@ class WilcoxonPruner(_Section):
     warmup_folds: Annotated[StrictInt, Field(ge=0, le=100_000)] = 2
 
 
-PRUNER_NAMES = ("none", "median", "wilcoxon")
+PRUNER_NAMES = ("none", "median", "percentile", "wilcoxon")
 
 
 class PrunerSpec(_Section):
     """Exactly one pruner; written ``median`` or ``{median: {warmup_folds: 1}}``."""
 
     median: Union[MedianPruner, None] = None
+    percentile: Union[PercentilePruner, None] = None
     wilcoxon: Union[WilcoxonPruner, None] = None
 
     @model_validator(mode="before")
@@ -93,13 +104,20 @@ class PrunerSpec(_Section):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> PrunerSpec:
-        if (self.median is None) == (self.wilcoxon is None):
-            raise ValueError("give exactly one pruner: none, median or wilcoxon")
+        if sum(p is not None for p in (self.median, self.percentile, self.wilcoxon)) != 1:
+            raise ValueError("give exactly one pruner: none, median, percentile or wilcoxon")
         return self
 
     @property
     def kind(self) -> str:
-        return "median" if self.median is not None else "wilcoxon"
+        return next(k for k in PRUNER_NAMES[1:] if getattr(self, k) is not None)
+
+    @property
+    def settings(self) -> MedianPruner | WilcoxonPruner:
+        """The chosen pruner's section."""
+        chosen = getattr(self, self.kind)
+        assert isinstance(chosen, (MedianPruner, WilcoxonPruner))
+        return chosen
 
 
 def _pruner_or_none(value: Any) -> Any:
@@ -266,6 +284,7 @@ _SECTIONS: dict[Loc, type[BaseModel]] = {
     (): Spec, ("search",): SearchSpec, ("search", "random"): RandomSearch,
     ("search", "optuna"): OptunaSearch, ("search", "optuna", "pruner"): PrunerSpec,
     ("search", "optuna", "pruner", "median"): MedianPruner,
+    ("search", "optuna", "pruner", "percentile"): PercentilePruner,
     ("search", "optuna", "pruner", "wilcoxon"): WilcoxonPruner, ("cv",): CVSpec,
     ("objective",): ObjectiveSpec, ("resources",): ResourcesSpec, ("limits",): LimitsSpec,
     ("retry",): RetrySpec, ("output",): OutputSpec, ("ray",): RaySpec}

@@ -250,12 +250,14 @@ class TrialSource:
         if q <= run.checked:
             return None  # its prefix did not grow: nothing new to compare
         first, run.checked = run.checked + 1, q
-        if pruner.median is not None:
+        fold_aware = pruner.median or pruner.percentile
+        if fold_aware is not None:
+            keep = pruner.percentile.percentile if pruner.percentile is not None else 50.0
             others = [r.scores for r in self.runs.values() if r is not run]
             for k in range(first, q + 1):
                 reason = median_verdict(run.scores, others, k, maximize=self.maximize,
-                                        warmup_folds=pruner.median.warmup_folds,
-                                        min_trials=pruner.median.min_trials)
+                                        warmup_folds=fold_aware.warmup_folds,
+                                        min_trials=fold_aware.min_trials, keep=keep)
                 if reason is not None:
                     return reason
             return None

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from foldrunner.config.plan import Adaptive
-from foldrunner.config.spec import MedianPruner, OptunaSearch, Spec
+from foldrunner.config.spec import OptunaSearch, Spec
 from foldrunner.errors import RunDirError, UsageError
 
 if TYPE_CHECKING:
@@ -148,7 +148,7 @@ def describe_search(spec: Spec, adaptive: Adaptive) -> tuple[str, list[dict[str,
     assert opt is not None and spec.objective is not None
     pruner = "no pruner"
     if opt.pruner is not None:
-        settings = (opt.pruner.median or opt.pruner.wilcoxon or MedianPruner()).model_dump()
+        settings = opt.pruner.settings.model_dump()
         pruner = f"{opt.pruner.kind} pruner ({', '.join(f'{k}={v}' for k, v in settings.items())})"
     cap = "" if opt.concurrent_trials is None else f", at most {opt.concurrent_trials} in flight"
     head = (f"{spec.name}: adaptive search (optuna, {opt.sampler} sampler, seed {opt.seed}, "

@@ -1,6 +1,9 @@
-"""The fold-aware median pruner: like with like, pruned trials kept, order of ends ignored."""
+"""The fold-aware median and percentile pruners: like with like, pruned trials kept, order
+of ends ignored."""
 
-from foldrunner.search.pruner import median_verdict, prefix
+import statistics
+
+from foldrunner.search.pruner import median_verdict, percentile, prefix
 
 
 def verdict(scores, others, q, **kw):
@@ -38,3 +41,22 @@ def test_warmup_and_min_trials():
     assert verdict({0: 0.0}, others, 1, warmup_folds=1) is None
     assert verdict({0: 0.0}, others, 1, min_trials=3) is None
     assert verdict({0: 0.0}, others, 1) is not None
+
+
+def test_the_percentile_pruner_keeps_the_best_share_of_the_group():
+    others = [{0: v} for v in (0.1, 0.2, 0.3, 0.4, 0.5)]
+    # keep 25 when maximizing: the bar is the group's 75th percentile, 0.4
+    assert verdict({0: 0.39}, others, 1, keep=25.0) is not None
+    assert verdict({0: 0.4}, others, 1, keep=25.0) is None
+    assert verdict({0: 0.39}, others, 1) is None  # the median pruner's bar is 0.3
+    # minimizing: the best quarter is at most the 25th percentile, 0.2
+    assert verdict({0: 0.21}, others, 1, keep=25.0, maximize=False) is not None
+    assert verdict({0: 0.2}, others, 1, keep=25.0, maximize=False) is None
+
+
+def test_percentile_interpolates_as_numpy_and_50_is_the_median():
+    xs = [0.3, 0.1, 0.4, 0.2]
+    assert percentile(xs, 50) == statistics.median(xs)
+    assert percentile(xs, 75) == 0.325  # numpy.percentile(xs, 75)
+    assert percentile(xs, 0) == 0.1 and percentile(xs, 100) == 0.4
+    assert percentile([7.0], 90) == 7.0

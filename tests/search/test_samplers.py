@@ -34,6 +34,7 @@ def small_spec(name: str, sampler: str, pruner: object) -> dict:
     ("random", {"wilcoxon": {"p_threshold": 0.5, "warmup_folds": 1}}),
     ("cmaes", "median"),
     ("qmc", "none"),
+    ("tpe", {"percentile": {"percentile": 20, "min_trials": 2}}),
 ])
 def test_each_sampler_and_pruner_runs_a_study_that_matches_the_results(tmp_path, sampler, pruner):
     name = f"s-{sampler}"
@@ -48,6 +49,27 @@ def test_each_sampler_and_pruner_runs_a_study_that_matches_the_results(tmp_path,
     for t in study.trials:
         rows = df[df["trial"] == t.number]
         assert t.state.name == ("PRUNED" if (rows["status"] == "pruned").any() else "COMPLETE")
+
+
+def test_the_percentile_pruner_prunes_more_than_the_median_on_the_same_points(tmp_path):
+    """One worker and the random sampler: both runs try the same points in the same order,
+    and the fold offsets are the same for every trial: keeping the best quarter prunes
+    every trial that the median prunes, some sooner, and launches fewer folds."""
+    runs = {}
+    for pruner in ({"median": {"min_trials": 2}}, {"percentile": {"percentile": 25, "min_trials": 2}}):
+        kind = next(iter(pruner))
+        spec = small_spec(f"cmp-{kind}", "random", pruner)
+        spec["search"]["optuna"]["trials"] = 12
+        spec["resources"]["workers"] = 1
+        runs[kind] = foldrunner.run(spec, run_dir=tmp_path / kind, options=RunOptions(handle_signals=False))
+    median, pct = runs["median"], runs["percentile"]
+    assert (median.groupby("trial")["param_x"].first() == pct.groupby("trial")["param_x"].first()).all()
+    pruned = {k: set(df.loc[df["status"] == "pruned", "trial"]) for k, df in runs.items()}
+    assert pruned["median"] and pruned["median"] <= pruned["percentile"], pruned
+    assert (pct["attempts"] > 0).sum() < (median["attempts"] > 0).sum()  # fewer folds launched
+    best = median[median["fold"] == 0].set_index("trial")["metric_score"].idxmax()
+    assert best not in pruned["median"]  # the best point survives both
+    assert best not in pruned["percentile"]
 
 
 def test_the_live_view_shows_trials_complete_pruned_and_in_flight():
