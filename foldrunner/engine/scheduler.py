@@ -85,6 +85,11 @@ class FoldSource(Protocol):
         """``request`` is carried out: the waiting folds it took out of the queue, each with
         the attempt number it would have been launched as."""
 
+    def holds(self, fold: Fold) -> bool:
+        """Whether waiting ``fold`` had better wait while other work can take its slot (a
+        fold whose trial may be pruned by a fold still running): it is launched only when
+        nothing else may be."""
+
 
 class Scheduler:
     """Runs folds, each attempt in a fresh process, within ``slots``."""
@@ -238,17 +243,21 @@ class Scheduler:
                 return
             if not slot.free:
                 continue
-            item = self._take_waiting(now, slot) if self.waiting else None
+            holds = self.source.holds if self.source is not None else None
+            item = self._take_waiting(now, slot, holds) if self.waiting else None
             if item is None and self.source is not None and self.source.left():
                 # the slot would be idle: only now is the source asked for more
                 self.waiting.extend(Waiting(fold, 1) for fold in self.source.more())
+                item = self._take_waiting(now, slot, holds)
+            if item is None and holds is not None:  # nothing else: a held fold, not an idle slot
                 item = self._take_waiting(now, slot)
             if item is not None:  # else nothing may go to this slot yet: try the next one
                 self._launch(item, slot, now)
 
-    def _take_waiting(self, now: float, slot: Slot) -> Waiting | None:
+    def _take_waiting(self, now: float, slot: Slot,
+                      holds: Callable[[Fold], bool] | None = None) -> Waiting | None:
         for i, item in enumerate(self.waiting):
-            if item.not_before > now:
+            if item.not_before > now or (holds is not None and holds(item.fold)):
                 continue
             if (item.avoid_gpu is not None and item.avoid_gpu == slot.gpu
                     and any(s.free and s.gpu != slot.gpu for s in self.slots)):

@@ -2,7 +2,8 @@
 
 :class:`TrialSource` is what :class:`~foldrunner.engine.scheduler.Scheduler` asks for more
 work when a slot would otherwise be idle (and no started trial has a fold waiting: those
-are queued first). Each time it asks the study for one trial, journals the trial and its
+are queued first; with a pruner, a fold that the fold before it may still prune out is
+held back while a new trial can start instead, see :meth:`TrialSource.holds`). Each time it asks the study for one trial, journals the trial and its
 folds, and hands them over in launch order (replicate-major, then fold). When a fold
 ends it records the score; with a pruner, it decides whether the trial goes on
 (:mod:`foldrunner.search.pruner`, or Optuna's Wilcoxon pruner); a pruned trial's
@@ -186,6 +187,18 @@ class TrialSource:
         self.runs[handle.number] = TrialRun(handle.number, params, folds, handle=handle)
         self._emit()
         return folds
+
+    def holds(self, fold: Fold) -> bool:
+        """With a pruner, a trial's fold waits while the fold before it runs, if that one's
+        end may prune the trial (past ``warmup_folds``) and a new trial can start instead:
+        a trial pruned after k folds then costs k folds, not k and those launched beside
+        them. With nothing else to run, the scheduler launches it anyway."""
+        pruner = self.opt.pruner
+        run = self.runs.get(fold.trial)
+        if pruner is None or run is None or run.state != "running":
+            return False
+        step = fold.index - fold.trial * self.adaptive.per_trial
+        return step > pruner.settings.warmup_folds and (step - 1) not in run.final
 
     def ended(self, fold: Fold, result: AttemptResult, final: bool) -> list[Withdraw]:
         run = self.runs.get(fold.trial)
