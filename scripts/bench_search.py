@@ -6,7 +6,8 @@ Two real tasks that ship with their packages: scikit-learn's digits with an SVC 
 
 - ``random``: foldrunner, ``search.optuna`` with the random sampler, no pruning
 - ``tpe``: foldrunner, TPE, no pruning
-- ``tpe+prune``: foldrunner, TPE with the fold-aware median pruner
+- ``tpe+prune``: foldrunner, TPE with a fold-aware pruner (by default ``percentile`` keeping
+  the best quarter at each fold, after 3 trials; ``--pruner '{"median": {}}'`` for another)
 - ``halving``: scikit-learn's ``HalvingRandomSearchCV`` (SVC only: it needs an estimator)
 - ``optunacv``: Optuna's ``OptunaSearchCV`` (SVC only, likewise)
 
@@ -20,16 +21,17 @@ first reached random search's best (``to-random-best``).
 Goal: TPE with fold-level pruning reaches random search's best with at most half its
 fold-seconds, on average over the seeds.
 
-    .venv/bin/python scripts/bench_search.py            # the SVC, 5 seeds: ~10-15 min on 2 cores
+    .venv/bin/python scripts/bench_search.py            # the SVC, 40 trials, 5 seeds: ~5 min on 2 cores
     .venv/bin/python scripts/bench_search.py --keras    # and the Keras MLP, 5 seeds (much longer:
                                                         # each fold is a fresh TensorFlow process)
-    .venv/bin/python scripts/bench_search.py --keras-only --mlp-trials 8 --epochs 3
+    .venv/bin/python scripts/bench_search.py --keras-only --epochs 3  # the MLP, 40 trials: ~40 min
     .venv/bin/python scripts/bench_search.py --seeds 10 --svc-trials 40 --keras --mlp-trials 20 --workers 8
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -50,8 +52,9 @@ from foldrunner.orchestrate.api import RunOptions  # noqa: E402
 SVC_SPACE = {"C": {"loguniform": [1.0e-2, 1.0e3]}, "gamma": {"loguniform": [1.0e-4, 1.0e1]}}
 MLP_SPACE = {"lr": {"loguniform": [1.0e-4, 3.0e-1]}, "units": {"choice": [8, 16, 32, 64, 128]},
              "dropout": {"uniform": [0.0, 0.6]}}
-FOLDRUNNER = {"random": ("random", "none"), "tpe": ("tpe", "none"),
-              "tpe+prune": ("tpe", {"median": {"warmup_folds": 0, "min_trials": 5}})}
+PRUNER: dict[str, Any] = {"percentile": {"percentile": 25, "warmup_folds": 0, "min_trials": 3}}
+"""The pruner of the ``tpe+prune`` row (``--pruner`` sets another)."""
+FOLDRUNNER = {"random": ("random", "none"), "tpe": ("tpe", "none"), "tpe+prune": ("tpe", PRUNER)}
 
 
 def spec(task: str, strategy: str, seed: int, trials: int, folds: int, workers: int,
@@ -154,17 +157,17 @@ def sklearn_baselines(seed: int, trials: int, folds: int) -> dict[str, dict[str,
 def bench_task(task: str, args: argparse.Namespace, root: Path) -> pd.DataFrame:
     trials = args.svc_trials if task == "svc" else args.mlp_trials
     rows = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         got: dict[str, dict[str, Any]] = {}
         frames = {}
-        for strategy in FOLDRUNNER:
+        for strategy in args.strategies:
             df, wall = run_foldrunner(spec(task, strategy, seed, trials, args.folds, args.workers,
                                            args.epochs), root)
             frames[strategy] = df
             got[strategy] = {**summarize_run(df, args.folds), "wall_s": wall}
         for strategy, df in frames.items():
             got[strategy]["to_random_best"] = seconds_to_reach(df, args.folds, got["random"]["best"])
-        if task == "svc":
+        if task == "svc" and not args.foldrunner_only:
             t0 = time.perf_counter()
             for name, res in sklearn_baselines(seed, trials, args.folds).items():
                 got[name] = {**res, "wall_s": time.perf_counter() - t0, "pruned": None, "to_random_best": None}
@@ -191,6 +194,8 @@ def report(df: pd.DataFrame) -> str:
             lines.append(f"  {strategy:>10}  {s['best'].mean():7.4f}  {s['fold_s'].mean():8.1f}  {ratio:7.2f}x"
                          f"  {s['folds'].mean():6.1f}  {to_best:>14}  {hit:>7}")
         p = g[g["strategy"] == "tpe+prune"].set_index("seed")
+        if not len(p):
+            continue
         reached = (p["best"] >= random["best"] - 1e-12)
         ratio = (p["fold_s"] / random["fold_s"]).mean()
         to_best = (p["to_random_best"] / random["fold_s"]).dropna()
@@ -205,16 +210,28 @@ def report(df: pd.DataFrame) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed, first-seed+1, ...")
     ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--svc-trials", type=int, default=16)
-    ap.add_argument("--mlp-trials", type=int, default=8)
+    ap.add_argument("--svc-trials", type=int, default=40)
+    ap.add_argument("--mlp-trials", type=int, default=40)
     ap.add_argument("--epochs", type=int, default=4, help="epochs of the Keras MLP")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--keras", action="store_true", help="the Keras MLP too (a fresh TensorFlow"
                     " process per fold: on 2 cores, several minutes per seed)")
     ap.add_argument("--keras-only", action="store_true", help="the Keras MLP alone")
     ap.add_argument("--keep", type=Path, help="keep the run dirs here (default: a temporary dir)")
+    ap.add_argument("--strategies", type=lambda v: v.split(","), default=list(FOLDRUNNER),
+                    help="the foldrunner rows to run, comma-separated (random is needed: the"
+                         f" others are measured against it; default: {','.join(FOLDRUNNER)})")
+    ap.add_argument("--foldrunner-only", action="store_true",
+                    help="skip scikit-learn's HalvingRandomSearchCV and OptunaSearchCV rows")
+    ap.add_argument("--pruner", type=json.loads, default=PRUNER,
+                    help=f"the tpe+prune row's search.optuna.pruner, as JSON (default: {json.dumps(PRUNER)})")
     args = ap.parse_args()
+    FOLDRUNNER["tpe+prune"] = ("tpe", args.pruner)
+    if "random" not in args.strategies or not set(args.strategies) <= set(FOLDRUNNER):
+        ap.error(f"--strategies: random and some of {', '.join(FOLDRUNNER)}")
+    print(f"tpe+prune: pruner {json.dumps(args.pruner)}", flush=True)
     warnings.simplefilter("ignore", FutureWarning)  # optuna_integration imports a deprecated module
     warnings.filterwarnings("ignore", message="OptunaSearchCV is experimental")
     t0 = time.perf_counter()

@@ -121,8 +121,11 @@ def test_tpe_with_the_median_pruner_prunes_the_bad_region_and_agrees_with_the_st
 
 
 def test_scores_that_depend_on_the_fold_only_never_prune_whatever_order_folds_end_in(tmp_path):
-    spec = write(tmp_path, spec_text("fold-only", entry="fold_only", trials=8, folds=3, workers=3,
-                                     sampler="random", pruner="{median: {warmup_folds: 0, min_trials: 1}}"))
+    # one trial in flight at a time: its three folds run side by side on the three workers
+    # (with a new trial to ask, a fold would wait for the one before it: see holds())
+    text = spec_text("fold-only", entry="fold_only", trials=8, folds=3, workers=3,
+                     sampler="random", pruner="{median: {warmup_folds: 0, min_trials: 1}}")
+    spec = write(tmp_path, text.replace("    space:", "    concurrent_trials: 1\n    space:"))
     run_dir = tmp_path / "run"
     done = cli("run", str(spec), "--run-dir", str(run_dir))
     assert done.returncode == 0, done.stdout + done.stderr
