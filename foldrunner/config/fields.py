@@ -252,6 +252,24 @@ def _parse_cpus(value: object) -> float:
 
 
 CpusPerFold = Annotated[float, PlainValidator(_parse_cpus)]
+
+
+def _between(lo: float, hi: float, example: str) -> PlainValidator:
+    """A number strictly between ``lo`` and ``hi`` (no boolean, no string, nothing
+    infinite or NaN)."""
+    def parse(value: object) -> float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and math.isfinite(value) and lo < value < hi:
+            return float(value)
+        raise ValueError(f"expected a number above {lo:g} and below {hi:g}, e.g. {example};"
+                         f" got {got(value)}")
+    return PlainValidator(parse)
+
+
+Percent = Annotated[float, _between(0, 100, "25")]
+"""A per cent strictly between 0 and 100."""
+Probability = Annotated[float, _between(0, 1, "0.1")]
+"""A probability strictly between 0 and 1."""
 RayNamespace = Annotated[StrictStr, Field(max_length=100), _matching(
     r"[A-Za-z0-9._-]+", "namespace", "use letters, digits, '.', '_' and '-'")]
 Grid = Annotated[dict[ParamName, Annotated[list[Any], _non_empty("empty list of values")]],

@@ -24,8 +24,8 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
                       StrictInt, StrictStr, ValidationError, model_validator)
 
 from foldrunner.config.fields import (Backend, Count, CpusPerFold, Duration, DurationOrZero, EntryPoint, EnvName,
-                                      EnvValue, Gpus, Grid, Invalid, ModuleName, OutputDir, ParamName,
-                                      RayAddress, RayNamespace, RetryOn, RunName, Seed, Size,
+                                      EnvValue, Gpus, Grid, Invalid, ModuleName, OutputDir, ParamName, Percent,
+                                      Probability, RayAddress, RayNamespace, RetryOn, RunName, Seed, Size,
                                       SizeOrZero, Space, Workdir, got)
 from foldrunner.config.yamlload import (UNREADABLE, Loc, dump_yaml, format_problem, parse_yaml,
                                         read_spec_file, show_value)
@@ -65,7 +65,7 @@ class PercentilePruner(MedianPruner):
     running mean is among the best ``percentile`` per cent of the others' over the same
     folds (Optuna's ``PercentilePruner`` meaning: 25 keeps the top quarter)."""
 
-    percentile: Annotated[float, Field(gt=0.0, lt=100.0)] = 25.0
+    percentile: Percent = 25.0
     """The per cent of trials kept at each fold, more than 0 and less than 100 (50 is the
     median pruner)."""
 
@@ -74,7 +74,7 @@ class WilcoxonPruner(_Section):
     """Optuna's ``WilcoxonPruner``: a trial's fold scores paired by fold with the best
     trial's, pruned when a one-sided signed-rank test says it is worse."""
 
-    p_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    p_threshold: Probability = 0.1
     warmup_folds: Annotated[StrictInt, Field(ge=0, le=100_000)] = 2
 
 

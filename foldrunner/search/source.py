@@ -198,7 +198,11 @@ class TrialSource:
         if pruner is None or run is None or run.state != "running":
             return False
         step = fold.index - fold.trial * self.adaptive.per_trial
-        return step > pruner.settings.warmup_folds and (step - 1) not in run.final
+        if pruner.wilcoxon is not None:  # Optuna's test needs max(2, warmup) folds in
+            first = max(2, pruner.wilcoxon.warmup_folds)
+        else:  # the fold-aware ones judge a trial after more than warmup_folds folds
+            first = pruner.settings.warmup_folds + 1
+        return step >= first and (step - 1) not in run.final
 
     def ended(self, fold: Fold, result: AttemptResult, final: bool) -> list[Withdraw]:
         run = self.runs.get(fold.trial)
