@@ -194,30 +194,29 @@ def test_kill_9_mid_study_then_resume_loses_and_duplicates_nothing(tmp_path):
 
 
 BASE = spec_text("bad", trials=4, folds=2)
+
+
+def pruner(written: str) -> str:
+    """BASE with ``pruner: written``."""
+    return BASE.replace("pruner: {median: {warmup_folds: 0, min_trials: 3}}", f"pruner: {written}")
+
+
 BAD = {
     "unknown sampler": (BASE.replace("sampler: tpe", "sampler: grid"), "search.optuna.sampler"),
     "zero trials": (BASE.replace("trials: 4", "trials: 0"), "search.optuna.trials"),
     "missing trials": (BASE.replace("    trials: 4\n", ""), "search.optuna.trials"),
-    "unknown pruner": (BASE.replace("pruner: {median: {warmup_folds: 0, min_trials: 3}}",
-                                    "pruner: medain"), "search.optuna.pruner"),
+    "unknown pruner": (pruner("medain"), "search.optuna.pruner"),
     "bad warmup": (BASE.replace("warmup_folds: 0", "warmup_folds: -1"),
                    "search.optuna.pruner.median.warmup_folds"),
     "unknown pruner key": (BASE.replace("warmup_folds: 0", "warmup: 0"),
                            "search.optuna.pruner.median.warmup"),
-    "bad p_threshold": (BASE.replace("pruner: {median: {warmup_folds: 0, min_trials: 3}}",
-                                     "pruner: {wilcoxon: {p_threshold: 2}}"),
-                        "search.optuna.pruner.wilcoxon.p_threshold"),
-    "bad percentile": (BASE.replace("pruner: {median: {warmup_folds: 0, min_trials: 3}}",
-                                    "pruner: {percentile: {percentile: 100}}"),
-                       "search.optuna.pruner.percentile.percentile"),
-    "boolean percentile": (BASE.replace("pruner: {median: {warmup_folds: 0, min_trials: 3}}",
-                                        "pruner: {percentile: {percentile: true}}"),
-                           "search.optuna.pruner.percentile.percentile"),
-    "quoted p_threshold": (BASE.replace("pruner: {median: {warmup_folds: 0, min_trials: 3}}",
-                                        "pruner: {wilcoxon: {p_threshold: '0.1'}}"),
+    "bad p_threshold": (pruner("{wilcoxon: {p_threshold: 2}}"), "search.optuna.pruner.wilcoxon.p_threshold"),
+    "quoted p_threshold": (pruner("{wilcoxon: {p_threshold: '0.1'}}"),
                            "search.optuna.pruner.wilcoxon.p_threshold"),
-    "two pruners": (BASE.replace("pruner: {median: {warmup_folds: 0, min_trials: 3}}",
-                                 "pruner: {median: null, percentile: null}"), "search.optuna.pruner"),
+    "bad percentile": (pruner("{percentile: {percentile: 100}}"), "search.optuna.pruner.percentile.percentile"),
+    "boolean percentile": (pruner("{percentile: {percentile: true}}"),
+                           "search.optuna.pruner.percentile.percentile"),
+    "two pruners": (pruner("{median: null, percentile: null}"), "search.optuna.pruner"),
     "bad space": (BASE.replace("{uniform: [0.0, 1.0]}", "{uniform: [1.0, 0.0]}"), "search.optuna.space.x"),
     "bad concurrent_trials": (BASE.replace("    space:", "    concurrent_trials: 0\n    space:"),
                               "search.optuna.concurrent_trials"),
