@@ -85,6 +85,7 @@ def make_pruner(opt: OptunaSearch) -> optuna.pruners.BasePruner:
     import optuna
 
     if opt.pruner is not None and opt.pruner.wilcoxon is not None:
+        import scipy.stats  # noqa: F401  - now: its first test would import it (~1 s) mid-run
         w = opt.pruner.wilcoxon
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
