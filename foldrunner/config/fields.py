@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, TypeGuard, Union
 
 from pydantic import (AfterValidator, Field, PlainSerializer, PlainValidator, StrictInt, StrictStr,
                       ValidationInfo)
@@ -242,10 +242,17 @@ Gpus = Annotated[Union[Literal["auto", "none"], list[int]], PlainValidator(_pars
 RetryOn = Annotated[list[str], PlainValidator(_parse_retry_on)]
 Backend = Literal["local", "ray"]
 RayAddress = Annotated[str, PlainValidator(_parse_ray_address)]
+
+
+def _finite_number(value: object) -> TypeGuard[float]:
+    """Whether ``value`` is an int or float written as a number: not a boolean, not a
+    string, not infinite nor NaN."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _parse_cpus(value: object) -> float:
     """CPUs of a fold's Ray task: a number above 0, at most 1024 (0.5 shares a CPU)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) \
-            and math.isfinite(value) and 0 < value <= 1024:
+    if _finite_number(value) and 0 < value <= 1024:
         return float(value)
     raise ValueError(f"expected a number of CPUs above 0 and at most 1024, e.g. 1, 0.5 or 4;"
                      f" got {got(value)}")
@@ -258,8 +265,7 @@ def _between(lo: float, hi: float, example: str) -> PlainValidator:
     """A number strictly between ``lo`` and ``hi`` (no boolean, no string, nothing
     infinite or NaN)."""
     def parse(value: object) -> float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) \
-                and math.isfinite(value) and lo < value < hi:
+        if _finite_number(value) and lo < value < hi:
             return float(value)
         raise ValueError(f"expected a number above {lo:g} and below {hi:g}, e.g. {example};"
                          f" got {got(value)}")

@@ -6,13 +6,15 @@ and its GPU. It hands the attempt to its node's helper, which starts a fresh pro
 the fold from the node's fold server and supervises it with the same
 :class:`~foldrunner.engine.attempt.Attempt` as the local backend (timeout with tree kill,
 memory limits, lingering kill, log capture). Everything the attempt says goes back to
-the driver as it happens, through the task (a generator): its start, reports, an ``ok``
-result on arrival, the log as it grows, and at last how it ended.
+the driver as it happens (batched: what comes within :data:`HOLD` travels together),
+through the task (a generator): its start, reports, an ``ok`` result on arrival, the log
+as it grows, and at last how it ended.
 
-The helper tells the task over a local socket, not through Ray: a task that waits in a
-Ray call (``ray.get``, a generator's next item) lends its CPUs back to Ray meanwhile, and
-Ray would start other tasks on them while the fold runs. The task never waits on Ray, so
-it keeps what it asked for until its fold, and what the fold left, are gone.
+The task reaches its helper on the helper's local socket, and hears back there, not
+through Ray: a task that waits in a Ray call (``ray.get``, a generator's next item) lends
+its CPUs back to Ray meanwhile, and Ray would start other tasks on them while the fold
+runs. The task never waits on Ray, so it keeps what it asked for until its fold, and what
+the fold left, are gone.
 
 Helpers are created by the driver, one per node, and belong to it: if the driver dies,
 Ray ends them, and every fold they started sees its lifeline close and ends its tree.
