@@ -6,6 +6,11 @@ and wakes the scheduler's wait through a pipe; the scheduler's thread then hands
 the run's events (journal, results files, live view) exactly as a local attempt would.
 The attempt's clocks are kept on its node; the driver keeps a backstop (timeout, grace,
 exit timeout and a minute more) for a node that stops answering.
+
+An attempt whose result came hands its slot to the scheduler's next attempt while its
+process exits; the next one's task waits on its node for that process (or, on another
+node, for this driver's word that the attempt ended): one fold per slot at a time, as
+locally.
 """
 
 from __future__ import annotations
@@ -77,6 +82,9 @@ class RayBackend:
         self.helpers: dict[str, Any] = {}
         self.slot_nodes: dict[int, str] = {}
         """The node each slot's latest attempt ran on: its next attempt asks that node first."""
+        self.handing: dict[int, RemoteAttempt] = {}
+        """Slots whose attempt handed them over on its result while its process exits (by
+        slot index: that attempt)."""
         self._numbers = itertools.count(1)
         self.gcs = str(ray.get_runtime_context().gcs_address)
         self.lost: str | None = None
@@ -199,6 +207,11 @@ class RemoteAttempt:
         self.log_path, self.events = local.log_path, local.w.events
         self.seen = Observed()
         self.ending = False
+        self.handed_over = False
+        """Its result came: its slot went to the next attempt while its process exits."""
+        self.finished = False
+        self._unsent_end: tuple[str, str, bool] | None = None
+        """An end asked before its node was known: sent to that node's helper once it is."""
         self._key = -backend.next_number()
         self.node: str | None = None
         self.final: tuple[AttemptResult | None, str] | None = None
@@ -214,7 +227,13 @@ class RemoteAttempt:
         self._done_r, self._done_w = os.pipe()
         self._closing = threading.Lock()
         self._eof = False
-        order = AttemptOrder(self.fold, self.number, self.used, self.marker, task, lim)
+        self.after = backend.handing.get(self.slot.index)
+        """The attempt that handed this one its slot and is still in flight, if any."""
+        self.successor: RemoteAttempt | None = None
+        """The attempt waiting on another node for this one to end (told when it has)."""
+        order = AttemptOrder(self.fold, self.number, self.used, self.marker, task, lim,
+                             after=None if self.after is None else self.after.marker,
+                             after_node=None if self.after is None else self.after.node)
         where: dict[str, Any] = {}
         node = backend.slot_nodes.get(self.slot.index)
         if node is not None and self.used == 1 and node in backend.helpers:
@@ -296,6 +315,7 @@ class RemoteAttempt:
             _, pid, pid_started_at, started_at, gpu, host, node = item
             self.node, self.started_wall = node, started_at
             self.backend.slot_nodes[self.slot.index] = node
+            self._send_end()
             lim = self.limits  # its clocks run from now, on its node
             self.backstop = (time.monotonic() + lim.timeout + lim.grace + lim.exit_timeout
                              + BACKSTOP_SLACK)
@@ -309,6 +329,20 @@ class RemoteAttempt:
         elif kind == "result":
             self.seen.outcome = ChildOutcome(Status.OK)
             self.events.result_arrived(self.fold, self._here(item[1]))
+            if not self.handed_over:  # the slot's next attempt may be sent now: on this
+                # node it starts when this one's process is gone (its task holds what it
+                # asked Ray for until then, so Ray never gives that twice)
+                self.handed_over = True
+                self.backend.handing[self.slot.index] = self
+                self.slot.busy = False
+        elif kind == "waiting":  # on its node, for the attempt that handed it its slot
+            self.node = item[1]
+            self._send_end()
+            if item[2]:  # that one runs on another node: this one starts once it ended
+                if self.after is not None and not self.after.finished:
+                    self.after.successor = self
+                else:
+                    self._go()
         elif kind == "log":
             with open(self.log_path, "ab") as f:
                 f.write(item[1])
@@ -328,7 +362,13 @@ class RemoteAttempt:
         self.read()
         os.close(self._r)
         os.close(self._done_r)
-        self.slot.busy = False
+        self.finished, self.after = True, None  # (no chain of attempts kept alive)
+        if not self.handed_over:
+            self.slot.busy = False
+        elif self.backend.handing.get(self.slot.index) is self:
+            del self.backend.handing[self.slot.index]
+        if self.successor is not None:
+            self.successor._go()
         if self.final is not None:
             result, withdrawn = self.final
             return Finished(None if result is None else self._here(result), withdrawn)
@@ -358,11 +398,23 @@ class RemoteAttempt:
         if self.backend.lost:  # its node's helper ends it when Ray ends the driver's job;
             self._close_writers()  # the relay may never hear of it: the attempt ends here
             return
+        self._unsent_end = (status.value, reason, hard)
+        if not self._send_end():  # not started on a node yet: it never will (if it was
+            ray.cancel(self.refs, force=False)  # about to, its start sends the end there)
+
+    def _go(self) -> None:
         helper = self.backend.helper(self.node) if self.node else None
         if helper is not None:
-            helper.end.remote(self.marker, status.value, reason, hard)
-        else:  # not started on a node yet: it never will
-            ray.cancel(self.refs, force=False)
+            helper.go.remote(self.marker)
+
+    def _send_end(self) -> bool:
+        """Send an end asked for to the helper of its node, once that is known."""
+        helper = self.backend.helper(self.node) if self.node else None
+        if self._unsent_end is None or helper is None:
+            return False
+        helper.end.remote(self.marker, *self._unsent_end)
+        self._unsent_end = None
+        return True
 
     def known_pids(self) -> set[int]:
         return set()

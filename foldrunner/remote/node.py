@@ -10,6 +10,12 @@ the driver as it happens (batched: what comes within :data:`HOLD` travels togeth
 through the task (a generator): its start, reports, an ``ok`` result on arrival, the log
 as it grows, and at last how it ended.
 
+A fold's result frees its slot on the driver while its process still exits (TensorFlow's
+teardown takes tens of milliseconds): the slot's next attempt is sent at once, and its task
+waits on its node until that process is gone (:meth:`NodeHelper.take_turn`), so the next
+fold starts when the local backend's would, not a round trip to the driver later. Ray's
+accounting is untouched: each task holds what it asked for until its own fold is gone.
+
 The task reaches its helper on the helper's local socket, and hears back there, not
 through Ray: a task that waits in a Ray call (``ray.get``, a generator's next item) lends
 its CPUs back to Ray meanwhile, and Ray would start other tasks on them while the fold
@@ -66,6 +72,15 @@ HOLD = 0.05
 """Seconds what an attempt says may wait to travel with what it says next: a short fold's
 start, result, log and end go to the driver as one item of its task's generator, not four
 (each item is a Ray call from the node to the driver)."""
+RESULT_HOLD = 0.01
+"""Seconds a fold's result waits for its process's end to travel with it. A process that
+takes longer to exit (TensorFlow's teardown takes tens of milliseconds) lets its result go
+ahead: the driver then hands the slot to its next attempt, whose task waits on this node
+for the process to be gone (see :meth:`NodeHelper.take_turn`) instead of being sent only
+once the driver hears of that end."""
+TURN_POLL = 0.05
+"""Seconds between two looks, while an attempt waits for its turn, at whether it was
+ended or its task went away."""
 
 
 def helper_name(run_token: str, node_id: str) -> str:
@@ -113,6 +128,12 @@ class AttemptOrder:
     marker: str
     task: ChildTask
     limits: Limits
+    after: str | None = None
+    """The attempt that handed this one its slot on its result, while its process was still
+    exiting: this one starts once that process is gone."""
+    after_node: str | None = None
+    """The node of ``after``: there, its helper sees the process end; elsewhere the
+    driver says when (:meth:`NodeHelper.go`)."""
 
 
 @dataclass
@@ -158,6 +179,11 @@ class NodeHelper:
         if settings.start_method == "forkserver" and self.slots:
             FOLD_SERVER.ensure_running()  # now, not on this node's first attempt
         self.ends: dict[str, tuple[Status, str, bool]] = {}
+        self.alive: dict[str, threading.Event] = {}
+        """The attempts whose fold process runs here, each with an event set when it is gone."""
+        self.turns: dict[str, threading.Event] = {}
+        """Attempts waiting here for one on another node to end, each with an event the
+        driver sets (:meth:`go`) when it has."""
         self._nvml: NvmlInventory | None = None
         self._cleaning = threading.Condition()
         self._cleanups = 0
@@ -242,6 +268,13 @@ class NodeHelper:
                 order, gpu = conn.recv()
             except (EOFError, OSError):  # the task is gone before its fold started
                 return
+            if order.after is not None:
+                before = self.take_turn(order, conn)
+                if before is not None:
+                    conn.send([("final", before, "")])
+                    return
+                if conn.poll():  # its task went away meanwhile: nobody is left to run it for
+                    return
             try:
                 for batch in self.run(order, gpu):
                     if not told:
@@ -260,6 +293,40 @@ class NodeHelper:
         finally:
             conn.close()
 
+    def go(self, marker: str) -> None:
+        """The attempt that handed ``marker`` its slot, on another node, has ended (told
+        once ``marker`` said it waits here)."""
+        turn = self.turns.get(marker)
+        if turn is not None:
+            turn.set()
+
+    def take_turn(self, order: AttemptOrder, conn: Connection) -> AttemptResult | None:
+        """Wait while the attempt that handed ``order`` its slot (``order.after``) still has
+        its process, as the local backend's slot waits for its fold's exit: here, until
+        this helper sees it gone; on another node, until the driver says it ended (the
+        ``waiting`` message asks it to). None when it may start; how it ended if the driver
+        ended it meanwhile."""
+        elsewhere = order.after_node != self.node
+        done = (self.turns.setdefault(order.marker, threading.Event()) if elsewhere
+                else self.alive.get(order.after or ""))
+        try:
+            if done is not None and not done.is_set():
+                # the driver can now reach it here, to end it or to say go
+                conn.send([("waiting", self.node, elsewhere)])
+                while not done.wait(TURN_POLL):
+                    if order.marker in self.ends or conn.poll():
+                        break
+        finally:
+            self.turns.pop(order.marker, None)
+        request = self.ends.pop(order.marker, None)
+        if request is None:
+            return None
+        now = time.time()
+        return AttemptResult(
+            fold_id=order.fold.fold_id, attempt=order.number, status=request[0], started_at=now,
+            ended_at=now, duration_s=0.0, error=f"{request[1]} (before it started)",
+            log_path=str(self.paths.log(order.fold.fold_id, order.number)))
+
     def run(self, order: AttemptOrder, gpu: int | None) -> Iterator[list[tuple[Any, ...]]]:
         """Run one attempt here on ``gpu``; yield what it says, in batches (what waited
         less than :data:`HOLD` for company), the last one with how it ended."""
@@ -275,6 +342,7 @@ class NodeHelper:
             a = Attempt(order.fold, order.number, order.used, slot, order.limits, watchers,
                         log_path, order.marker)
             a.launch(self.launcher, task, time.monotonic())
+            self.alive[order.marker] = gone = threading.Event()
             a.announce()
         if self.s.spares:  # its slot's spare, if it had one, was taken: the next one now
             try:
@@ -283,32 +351,40 @@ class NodeHelper:
                 pass
         log = _LogTail(log_path)
         held: list[tuple[Any, ...]] = _drain(events)
-        held_since = time.monotonic()
+        due = time.monotonic() + HOLD
         ended = None
-        while ended is None:
-            fd = a.fd
-            timeout = 0.1 if not held else max(0.0, held_since + HOLD - time.monotonic())
-            ready = wait([a.sentinel] + ([fd] if fd is not None else []), timeout)
-            if fd is not None and fd in ready:
-                a.read()
-            if a.sentinel in ready:
-                ended = a.finish()
-            else:
-                request = self.ends.pop(order.marker, None)
-                if request is not None:
-                    a.end(request[0], request[1], time.monotonic(), hard=request[2])
-                a.enforce(time.monotonic())
-                if term:  # something of this attempt is being ended. Else a poll finds
-                    # nothing (no tree to join an escapee to, strays off) and costs a read of
-                    # every thread's children here
-                    term.poll(time.monotonic())
-            new = _drain(events) + log.chunks(force=ended is not None)
-            if new and not held:
-                held_since = time.monotonic()
-            held += new
-            if held and ended is None and time.monotonic() >= held_since + HOLD:
-                yield held
-                held = []
+        try:
+            while ended is None:
+                fd = a.fd
+                timeout = 0.1 if not held else max(0.0, due - time.monotonic())
+                ready = wait([a.sentinel] + ([fd] if fd is not None else []), timeout)
+                if fd is not None and fd in ready:
+                    a.read()
+                if a.sentinel in ready:
+                    gone.set()  # the process is gone: an attempt waiting for its slot starts
+                    ended = a.finish()
+                else:
+                    request = self.ends.pop(order.marker, None)
+                    if request is not None:
+                        a.end(request[0], request[1], time.monotonic(), hard=request[2])
+                    a.enforce(time.monotonic())
+                    if term:  # something of this attempt is being ended. Else a poll finds
+                        # nothing (no tree to join an escapee to, strays off) and costs a read
+                        # of every thread's children here
+                        term.poll(time.monotonic())
+                new = _drain(events) + log.chunks(force=ended is not None)
+                now = time.monotonic()
+                if new and not held:
+                    due = now + HOLD
+                if any(m[0] == "result" for m in new):
+                    due = min(due, now + RESULT_HOLD)
+                held += new
+                if held and ended is None and now >= due:
+                    yield held
+                    held = []
+        finally:
+            gone.set()
+            self.alive.pop(order.marker, None)
         self.ends.pop(order.marker, None)
         with self._cleaning:
             self._cleanups += 1

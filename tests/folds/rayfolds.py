@@ -2,6 +2,7 @@
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -26,3 +27,21 @@ def aged(ctx):
     age = time.clock_gettime(time.CLOCK_BOOTTIME) - started_ticks / os.sysconf("SC_CLK_TCK")
     time.sleep(ctx.params.get("seconds", 0.0))
     return {"age": age}
+
+
+def exits_slowly(ctx):
+    """Sleep ``seconds`` and return, then keep the process ``exit`` seconds more (a
+    non-daemon thread, as a TensorFlow fold's teardown takes tens of milliseconds): its span
+    runs from the entry point's first line to the process's last moments."""
+    t0 = time.time()
+    time.sleep(ctx.params.get("seconds", 0.0))
+    spans = Path(ctx.params["spans"])
+    spans.mkdir(parents=True, exist_ok=True)
+
+    def last_moments():
+        time.sleep(ctx.params.get("exit", 0.0))
+        (spans / f"{ctx.fold_id}.{ctx.attempt}.json").write_text(json.dumps(
+            {"t0": t0, "t1": time.time(), "pid": os.getpid()}))
+
+    threading.Thread(target=last_moments, daemon=False).start()
+    return {"acc": 0.5 + ctx.fold / 100}

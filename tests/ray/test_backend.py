@@ -175,6 +175,97 @@ def test_cpus_per_fold_is_what_each_fold_asks_ray_for(tmp_path, ray_cluster, wor
     assert not marked_alive()
 
 
+_TASKS_RUNNING = """
+import json, sys, time
+import ray
+from ray._private.state import state  # the GCS's task events (the dashboard is off here)
+from ray.core.generated import common_pb2
+ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+since, want, deadline = float(sys.argv[2]), int(sys.argv[3]), time.time() + 30
+RUNNING = common_pb2.TaskStatus.Value("RUNNING")
+while True:  # task events reach the GCS about every second
+    seen = {}
+    for e in state._get_all_task_events():
+        name, ts = e.task_info.name, dict(e.state_updates.state_ts_ns)
+        if name.startswith("foldrunner ") and ts.get(RUNNING, 0) / 1e9 >= since:
+            seen[name.split()[-1]] = ts[RUNNING] / 1e9
+    if len(seen) >= want or time.time() > deadline:
+        break
+    time.sleep(0.5)
+print(json.dumps(seen))
+"""
+
+
+def tasks_running_at(cluster: RayCluster, since: float, want: int) -> dict[str, float]:
+    """When each attempt's Ray task began to run (``"t0-r0-f1.1"``: its wall clock), from
+    Ray's task events: tasks that ran since ``since``."""
+    out = cluster.run_driver(_TASKS_RUNNING, str(since), str(want), timeout=60)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("cpus, where", [
+    (1, "the same node"),  # its helper sees the process end
+    (2, "the other node"),  # a fold fills a node: Ray places the next one on the other,
+])                          # which waits for the driver to say the previous one ended
+def test_a_fold_that_exits_slowly_hands_its_slot_over_on_its_result(tmp_path, ray_cluster,
+                                                                    cpus, where):
+    # workers 1: each fold returns at once, then its process takes 1.5 s to exit (as
+    # TensorFlow's teardown takes tens of ms). On its result the driver sends the next
+    # attempt, whose task starts at once and waits on its node: the next fold starts when
+    # the process is gone, never before (one fold at a time), and without the driver's
+    # round trip after that end
+    spans = tmp_path / "spans"
+    spec = write_spec(
+        tmp_path, "handover", entrypoint="rayfolds:exits_slowly", cv={"folds": 4},
+        params={"seconds": 0.2, "exit": 1.5, "spans": str(spans)},
+        resources={"gpus": "none", "workers": 1}, ray={"cpus_per_fold": cpus},
+        limits={"timeout": "30s", "grace": "1s", "exit_timeout": "10s"},
+    )
+    since = time.time()
+    out = run_on(ray_cluster, spec, tmp_path / "run")
+    assert out.returncode == 0, out.stderr
+    df = pd.read_csv(tmp_path / "run" / "results.csv")
+    assert (df["status"] == "ok").all()
+    by_run = spans_by(df, spans, lambda row: "the run")
+    assert_one_at_a_time(by_run, "slot of")
+    running = tasks_running_at(ray_cluster, since, 4)
+    order = df.assign(t0=[json.loads((spans / f"{f}.1.json").read_text())["t0"]
+                          for f in df["fold_id"]]).sort_values("t0")
+    for prev, nxt in zip(order.itertuples(), list(order.itertuples())[1:]):
+        prev_exit = json.loads((spans / f"{prev.fold_id}.1.json").read_text())["t1"]
+        assert running[f"{nxt.fold_id}.1"] < prev_exit, \
+            f"{nxt.fold_id}'s task began only after {prev.fold_id}'s process was gone"
+        assert (nxt.node == prev.node) == (where == "the same node")
+    assert not marked_alive()
+
+
+def test_an_attempt_waiting_for_its_slot_is_ended_before_it_starts(tmp_path, ray_cluster):
+    # fold 0 returns, then its process would take 60 s to exit; fold 1's task waits on the
+    # node for it. Ctrl-C: fold 0 keeps its result, fold 1 ends cancelled without starting
+    spans = tmp_path / "spans"
+    spec = write_spec(
+        tmp_path, "waiting", entrypoint="rayfolds:exits_slowly", cv={"folds": 2},
+        params={"seconds": 0.0, "exit": 60, "spans": str(spans)},
+        resources={"gpus": "none", "workers": 1},
+        limits={"timeout": "120s", "grace": "1s", "exit_timeout": "100s"},
+    )
+    since = time.time()
+    run_dir = tmp_path / "run"
+    proc = start_ray_run(ray_cluster, spec, run_dir)
+    wait_for_journal(proc, run_dir, lambda rows: any(r[2] == "ok" for r in rows),
+                     "fold 0's result")
+    assert "t0-r0-f1.1" in tasks_running_at(ray_cluster, since, 2), "fold 1's task never ran"
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    rows = journal_rows(run_dir, "fold_id, attempt, status, error, pid")
+    assert [r[:3] for r in rows] == [("t0-r0-f0", 1, "ok"), ("t0-r0-f1", 1, "cancelled")], rows
+    assert "before it started" in rows[1][3] and rows[1][4] is None, rows
+    assert not (spans / "t0-r0-f1.1.json").exists()
+    assert not marked_alive()
+
+
 def test_a_lost_node_fails_its_attempts_which_are_retried_elsewhere(tmp_path):
     with RayCluster(workers=1, gpus_per_node=0) as cluster:
         spec = write_spec(
