@@ -39,9 +39,9 @@ from foldrunner.remote.node import (
     NodeHelper,
     NodeSettings,
     helper_name,
-    node_slots,
     run_attempt,
     warm_worker,
+    warm_workers,
 )
 from foldrunner.remote.threads import Threads
 from foldrunner.wire.outcome import AttemptResult, ChildOutcome, Status
@@ -122,7 +122,7 @@ class RayBackend:
     def _refresh(self, warm: bool = False) -> None:
         """A helper on every live node (the driver owns them: they end with it). With
         ``warm``, wait (up to :data:`WARM_WAIT`) until every helper is ready and each node
-        has a Ray worker per slot for the attempts' tasks (see :func:`warm_worker`)."""
+        has Ray workers for the attempts' tasks (see :func:`warm_workers`)."""
         waits = []
         for node in ray.nodes():  # type: ignore[no-untyped-call]
             node_id = node["NodeID"]
@@ -138,8 +138,9 @@ class RayBackend:
             if warm:
                 waits.append(self.helpers[node_id].ready.remote())
                 affinity = NodeAffinitySchedulingStrategy(node_id, soft=False)
+                count = warm_workers(node.get("Resources", {}), self.settings)
                 waits += [_warm_task.options(num_cpus=0, max_retries=0, scheduling_strategy=affinity)
-                          .remote(WARM_HOLD) for _ in node_slots(node.get("Resources", {}), self.settings)]
+                          .remote(WARM_HOLD) for _ in range(count)]
         if waits:  # a node that fails here fails its attempts later, as it would have anyway
             ray.wait(waits, num_returns=len(waits), timeout=WARM_WAIT)
 

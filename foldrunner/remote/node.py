@@ -12,8 +12,9 @@ as it grows, and at last how it ended.
 
 A fold's result frees its slot on the driver while its process still exits (TensorFlow's
 teardown takes tens of milliseconds): the slot's next attempt is sent at once, and its task
-waits on its node until that process is gone (:meth:`NodeHelper.take_turn`), so the next
-fold starts when the local backend's would, not a round trip to the driver later. Ray's
+waits on its node until that process is gone (:meth:`NodeHelper.take_turn`; the thread
+that sees it gone starts the next fold at once), so the next fold starts when the local
+backend's would, not a round trip to the driver later. Ray's
 accounting is untouched: each task holds what it asked for until its own fold is gone.
 
 The task reaches its helper on the helper's local socket, and hears back there, not
@@ -34,10 +35,11 @@ import os
 import shutil
 import socket
 import struct
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -179,8 +181,10 @@ class NodeHelper:
         if settings.start_method == "forkserver" and self.slots:
             FOLD_SERVER.ensure_running()  # now, not on this node's first attempt
         self.ends: dict[str, tuple[Status, str, bool]] = {}
-        self.alive: dict[str, threading.Event] = {}
-        """The attempts whose fold process runs here, each with an event set when it is gone."""
+        self.alive: set[str] = set()
+        """The attempts whose fold process runs here."""
+        self.next_up: dict[str, _Turn] = {}
+        """The launch of the attempt waiting for each one's slot (by the marker it waits for)."""
         self.turns: dict[str, threading.Event] = {}
         """Attempts waiting here for one on another node to end, each with an event the
         driver sets (:meth:`go`) when it has."""
@@ -268,15 +272,8 @@ class NodeHelper:
                 order, gpu = conn.recv()
             except (EOFError, OSError):  # the task is gone before its fold started
                 return
-            if order.after is not None:
-                before = self.take_turn(order, conn)
-                if before is not None:
-                    conn.send([("final", before, "")])
-                    return
-                if conn.poll():  # its task went away meanwhile: nobody is left to run it for
-                    return
             try:
-                for batch in self.run(order, gpu):
+                for batch in self.run(order, gpu, conn):
                     if not told:
                         continue
                     try:
@@ -300,24 +297,39 @@ class NodeHelper:
         if turn is not None:
             turn.set()
 
-    def take_turn(self, order: AttemptOrder, conn: Connection) -> AttemptResult | None:
+    def take_turn(self, order: AttemptOrder, conn: Connection,
+                  launch: Callable[[], Attempt]) -> Attempt | AttemptResult | None:
         """Wait while the attempt that handed ``order`` its slot (``order.after``) still has
-        its process, as the local backend's slot waits for its fold's exit: here, until
-        this helper sees it gone; on another node, until the driver says it ended (the
-        ``waiting`` message asks it to). None when it may start; how it ended if the driver
-        ended it meanwhile."""
-        elsewhere = order.after_node != self.node
-        done = (self.turns.setdefault(order.marker, threading.Event()) if elsewhere
-                else self.alive.get(order.after or ""))
-        try:
-            if done is not None and not done.is_set():
-                # the driver can now reach it here, to end it or to say go
-                conn.send([("waiting", self.node, elsewhere)])
+        its process, as the local backend's slot waits for its fold's exit. On this node,
+        that attempt's thread calls ``launch`` the moment its process is gone (no thread to
+        wake first); on another node, this one starts once the driver says that attempt
+        ended (the ``waiting`` message asks it to). Returns the attempt that thread
+        launched; None when this one may launch now; how it ended when the driver ended it
+        before it started."""
+        after = order.after or ""
+        if order.after_node == self.node:
+            turn = _Turn(launch, order.marker, self.ends)
+            self.next_up[after] = turn
+            if after in self.alive:  # the driver can now reach it here, to end it
+                conn.send([("waiting", self.node, False)])
+                while not turn.done.wait(TURN_POLL):
+                    if order.marker in self.ends or conn.poll():
+                        break
+            if self.next_up.pop(after, None) is not turn:  # that thread took it:
+                turn.done.wait()  # launched, or declined as ended
+                if turn.error is not None:
+                    raise turn.error
+                if turn.out is not None:
+                    return turn.out
+        else:
+            done = self.turns[order.marker] = threading.Event()
+            try:
+                conn.send([("waiting", self.node, True)])  # the driver says go (or ends it)
                 while not done.wait(TURN_POLL):
                     if order.marker in self.ends or conn.poll():
                         break
-        finally:
-            self.turns.pop(order.marker, None)
+            finally:
+                self.turns.pop(order.marker, None)
         request = self.ends.pop(order.marker, None)
         if request is None:
             return None
@@ -327,9 +339,35 @@ class NodeHelper:
             ended_at=now, duration_s=0.0, error=f"{request[1]} (before it started)",
             log_path=str(self.paths.log(order.fold.fold_id, order.number)))
 
-    def run(self, order: AttemptOrder, gpu: int | None) -> Iterator[list[tuple[Any, ...]]]:
-        """Run one attempt here on ``gpu``; yield what it says, in batches (what waited
-        less than :data:`HOLD` for company), the last one with how it ended."""
+    def _launch(self, order: AttemptOrder, gpu: int | None, task: ChildTask, watchers: Watchers,
+                log_path: Path) -> Attempt:
+        """Start ``order``'s fold in a fresh process, on a slot of ``gpu``."""
+        with self.launch_lock:
+            slot = self._slot(gpu)
+            a = Attempt(order.fold, order.number, order.used, slot, order.limits, watchers,
+                        log_path, order.marker)
+            a.launch(self.launcher, task, time.monotonic())
+            self.alive.add(order.marker)
+            a.announce()
+        if self.s.spares:  # its slot's spare, if it had one, was taken: the next one now
+            try:
+                os.write(self._wake_w, b"!")
+            except BlockingIOError:  # a wake-up is already pending
+                pass
+        return a
+
+    def _gone(self, marker: str) -> None:
+        """``marker``'s process is gone: launch the attempt waiting here for its slot."""
+        self.alive.discard(marker)
+        turn = self.next_up.pop(marker, None)
+        if turn is not None:
+            turn()
+
+    def run(self, order: AttemptOrder, gpu: int | None,
+            conn: Connection) -> Iterator[list[tuple[Any, ...]]]:
+        """Run one attempt here on ``gpu`` for the task on ``conn``, once its turn came
+        (:meth:`take_turn`); yield what it says, in batches (what waited less than
+        :data:`HOLD` for company), the last one with how it ended."""
         term = Terminator(self.launcher.pids, strays=False, stray_grace=self.s.grace)
         events = _Collector(self.host, self.node)
         inventory = self._inventory() if gpu is not None else None
@@ -337,18 +375,18 @@ class NodeHelper:
         log_path = self.paths.log(order.fold.fold_id, order.number)
         task = replace(order.task, gpu=gpu, run_dir=str(self.root), log_path=str(log_path),
                        workdir=self.workdir)
-        with self.launch_lock:
-            slot = self._slot(gpu)
-            a = Attempt(order.fold, order.number, order.used, slot, order.limits, watchers,
-                        log_path, order.marker)
-            a.launch(self.launcher, task, time.monotonic())
-            self.alive[order.marker] = gone = threading.Event()
-            a.announce()
-        if self.s.spares:  # its slot's spare, if it had one, was taken: the next one now
-            try:
-                os.write(self._wake_w, b"!")
-            except BlockingIOError:  # a wake-up is already pending
-                pass
+        launch = functools.partial(self._launch, order, gpu, task, watchers, log_path)
+        a: Attempt | None = None
+        if order.after is not None:  # (all of the above is ready before the turn comes)
+            turn = self.take_turn(order, conn, launch)
+            if isinstance(turn, AttemptResult):
+                yield [("final", turn, "")]
+                return
+            if turn is None and conn.poll():  # its task went away meanwhile: nobody is
+                return  # left to run it for
+            a = turn
+        if a is None:
+            a = launch()
         log = _LogTail(log_path)
         held: list[tuple[Any, ...]] = _drain(events)
         due = time.monotonic() + HOLD
@@ -361,8 +399,8 @@ class NodeHelper:
                 if fd is not None and fd in ready:
                     a.read()
                 if a.sentinel in ready:
-                    gone.set()  # the process is gone: an attempt waiting for its slot starts
                     ended = a.finish()
+                    self._gone(order.marker)  # the next fold of its slot starts now
                 else:
                     request = self.ends.pop(order.marker, None)
                     if request is not None:
@@ -383,8 +421,7 @@ class NodeHelper:
                     yield held
                     held = []
         finally:
-            gone.set()
-            self.alive.pop(order.marker, None)
+            self._gone(order.marker)
         self.ends.pop(order.marker, None)
         with self._cleaning:
             self._cleanups += 1
@@ -416,6 +453,27 @@ class NodeHelper:
             pass
 
 
+class _Turn:
+    """A waiting attempt's launch, called by the thread of the attempt whose slot it waits
+    for, the moment that one's process is gone; not when the driver ended it meanwhile."""
+
+    def __init__(self, launch: Callable[[], Attempt], marker: str,
+                 ends: dict[str, tuple[Status, str, bool]]) -> None:
+        self.launch, self.marker, self.ends = launch, marker, ends
+        self.done = threading.Event()
+        self.out: Attempt | None = None
+        self.error: Exception | None = None
+
+    def __call__(self) -> None:
+        try:
+            if self.marker not in self.ends:
+                self.out = self.launch()
+        except Exception as exc:  # noqa: BLE001 - raised in the waiting attempt's thread
+            self.error = exc
+        finally:
+            self.done.set()
+
+
 def _node_slots(node: str, settings: NodeSettings) -> list[Slot]:
     """This node's slots (see :func:`node_slots`)."""
     resources: dict[str, float] = {}
@@ -435,6 +493,16 @@ def node_slots(resources: dict[str, float], settings: NodeSettings) -> list[Slot
         pairs = [(g, k) for g in range(gpus) for k in range(settings.per_gpu)]
         return [Slot(i, gpu=g) for i, (g, _) in enumerate(pairs[: settings.workers])]
     return [Slot(i) for i in range(min(math.floor(cpus / settings.cpus_per_fold), settings.workers))]
+
+
+def warm_workers(resources: dict[str, float], settings: NodeSettings) -> int:
+    """How many Ray workers the driver starts on a node with Ray ``resources`` before the
+    first attempt (see :func:`warm_worker`): one per slot, and one more per slot as far as
+    the node has room for a slot's next attempt to start beside the one that handed it
+    the slot (:meth:`NodeHelper.take_turn`); else that next attempt's task waits for a
+    worker to be started, a few hundred milliseconds, the first time."""
+    room = len(node_slots(resources, replace(settings, workers=sys.maxsize)))
+    return min(room, 2 * len(node_slots(resources, settings)))
 
 
 def _drain(events: _Collector) -> list[tuple[Any, ...]]:
