@@ -262,13 +262,15 @@ def measure_ray_backend(cluster, n: int, workers: int) -> dict | str:
     return out if "seconds" in out else out.get("unavailable", "?")
 
 
-def tf_idle_gaps(folds: int, work: float) -> tuple[float, float, float, list[str]]:
+def tf_idle_gaps(folds: int, work: float) -> tuple[float, float, float, float, float, list[str]]:
     """The idle gap of one slot between consecutive TensorFlow folds (bench_startup.py's
     measure: the previous fold's end to the next fold's first line), median: with local
     warm spares, and with the Ray backend on a remote node (a cluster whose head has no
-    CPU, so every fold runs on the other node, warm spares kept by its helper); and, on
-    that cluster, Ray's own floor for one task per fold: a bare task that does nothing,
-    submitted as soon as the previous one's end reaches the driver."""
+    CPU, so every fold runs on the other node, warm spares kept by its helper), that node
+    with 2 CPUs (the slot's next attempt can start beside the exiting one and wait there)
+    and with 1 (it starts only once the previous attempt's task has returned its CPU);
+    and, on each cluster, Ray's own floor for one task per fold: a bare task that does
+    nothing, submitted as soon as the previous one's end reaches the driver."""
     from bench_startup import run_mode
 
     local = run_mode("warm spares", folds, work, True, "forkserver")["gap"]
@@ -276,7 +278,10 @@ def tf_idle_gaps(folds: int, work: float) -> tuple[float, float, float, list[str
     with harness.RayCluster(workers=1, gpus_per_node=0, head_cpus=0) as cluster:
         out = _on_cluster(cluster, _RAY_TF, folds, work, HERE, timeout=900)
         floor = _on_cluster(cluster, _RAY_FLOOR, 30)["gap"]
-    return local, out["gap"], floor, out["nodes"]
+    with harness.RayCluster(workers=1, gpus_per_node=0, head_cpus=0, cpus_per_node=1) as cluster:
+        full = _on_cluster(cluster, _RAY_TF, folds, work, HERE, timeout=900)["gap"]
+        full_floor = _on_cluster(cluster, _RAY_FLOOR, 30)["gap"]
+    return local, out["gap"], full, floor, full_floor, out["nodes"]
 
 
 def ray_rows(args: argparse.Namespace, local_folds_per_s: float) -> None:
@@ -319,7 +324,7 @@ def ray_rows(args: argparse.Namespace, local_folds_per_s: float) -> None:
               f" fold's start to last fold's end ({rb_in:.1f} against {local_in_run:.1f} folds/s;"
               f" goal: >= 0.5); folds ran on {backend.get('nodes', '?')} node(s)")
     if args.tf_folds:
-        local_gap, ray_gap, floor, nodes = tf_idle_gaps(args.tf_folds, args.tf_work)
+        local_gap, ray_gap, full_gap, floor, full_floor, nodes = tf_idle_gaps(args.tf_folds, args.tf_work)
         print(f"TensorFlow folds, one slot, {args.tf_folds} folds of {args.tf_work:g}s (idle gap between"
               f" folds, median):")
         print(f"  local backend, warm spares    : {local_gap * 1000:7.0f} ms")
@@ -327,6 +332,8 @@ def ray_rows(args: argparse.Namespace, local_folds_per_s: float) -> None:
         print(f"  Ray remote / local            : {ray_gap / local_gap:7.2f}x  (goal: <= 2x)")
         print(f"  Ray's own floor, one bare task per fold on that node, submitted when the last"
               f" one's end is in: {floor * 1000:.0f} ms")
+        print(f"  the same, the node's only CPU taken by the slot: Ray backend {full_gap * 1000:.0f} ms"
+              f" ({full_gap / local_gap:.2f}x local), Ray's own floor {full_floor * 1000:.0f} ms")
 
 
 def main() -> int:

@@ -76,8 +76,13 @@ _warm_task = ray.remote(warm_worker)
 class RayBackend:
     """Runs attempts as Ray tasks on the cluster ``ray.init`` connected to."""
 
-    def __init__(self, settings: NodeSettings, *, gpus_per_fold: float, cpus_per_fold: float = 1.0) -> None:
+    def __init__(self, settings: NodeSettings, *, gpus_per_fold: float, cpus_per_fold: float = 1.0,
+                 handover: bool = True) -> None:
         self.settings = settings
+        self.handover = handover
+        """A fold's result hands its slot to the next attempt while its process exits. Not
+        in an adaptive search: its pruner judges each fold at its end, and the next fold
+        of a trial waits for that (``FoldSource.holds``)."""
         self.gpus_per_fold, self.cpus_per_fold = gpus_per_fold, cpus_per_fold
         self.helpers: dict[str, Any] = {}
         self.slot_nodes: dict[int, str] = {}
@@ -330,9 +335,10 @@ class RemoteAttempt:
         elif kind == "result":
             self.seen.outcome = ChildOutcome(Status.OK)
             self.events.result_arrived(self.fold, self._here(item[1]))
-            if not self.handed_over:  # the slot's next attempt may be sent now: on this
-                # node it starts when this one's process is gone (its task holds what it
-                # asked Ray for until then, so Ray never gives that twice)
+            if not self.handed_over and self.backend.handover:
+                # the slot's next attempt may be sent now: on this node it starts when this
+                # one's process is gone (its task holds what it asked Ray for until then,
+                # so Ray never gives that twice)
                 self.handed_over = True
                 self.backend.handing[self.slot.index] = self
                 self.slot.busy = False
@@ -399,7 +405,9 @@ class RemoteAttempt:
         if self.backend.lost:  # its node's helper ends it when Ray ends the driver's job;
             self._close_writers()  # the relay may never hear of it: the attempt ends here
             return
-        self._unsent_end = (status.value, reason, hard)
+        first = self._unsent_end  # the first status asked for stands; hard hurries it
+        self._unsent_end = ((first[0], first[1], first[2] or hard) if first
+                            else (status.value, reason, hard))
         if not self._send_end():  # not started on a node yet: it never will (if it was
             ray.cancel(self.refs, force=False)  # about to, its start sends the end there)
 

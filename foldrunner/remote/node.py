@@ -184,7 +184,9 @@ class NodeHelper:
         self.alive: set[str] = set()
         """The attempts whose fold process runs here."""
         self.next_up: dict[str, _Turn] = {}
-        """The launch of the attempt waiting for each one's slot (by the marker it waits for)."""
+        """The launch of the attempt waiting for each one's slot (by the marker it waits for);
+        an entry taken out (under ``turn_lock``) belongs to whoever took it."""
+        self.turn_lock = threading.Lock()
         self.turns: dict[str, threading.Event] = {}
         """Attempts waiting here for one on another node to end, each with an event the
         driver sets (:meth:`go`) when it has."""
@@ -258,8 +260,11 @@ class NodeHelper:
         return self._nvml
 
     def end(self, marker: str, status: str, reason: str, hard: bool) -> None:
-        """End the attempt ``marker`` (a stop, the driver's clock): as ``Attempt.end``."""
-        self.ends[marker] = (Status(status), reason, hard)
+        """End the attempt ``marker`` (a stop, the driver's clock): as ``Attempt.end``, the
+        first status asked for stands, a later ``hard`` hurries it."""
+        old = self.ends.get(marker)
+        self.ends[marker] = ((old[0], old[1], old[2] or hard) if old
+                             else (Status(status), reason, hard))
 
     def serve(self, conn: Connection) -> None:
         """Run the attempt a task sent on ``conn``, on the GPU Ray gave the task: send the
@@ -267,6 +272,7 @@ class NodeHelper:
         gone. A task gone meanwhile (cancelled, its worker killed) ends the fold at once:
         nobody is left to hear of it."""
         told = True
+        order: AttemptOrder | None = None
         try:
             try:
                 order, gpu = conn.recv()
@@ -289,6 +295,8 @@ class NodeHelper:
                         pass
         finally:
             conn.close()
+            if order is not None:  # an end asked for after it ended, or before it started
+                self.ends.pop(order.marker, None)
 
     def go(self, marker: str) -> None:
         """The attempt that handed ``marker`` its slot, on another node, has ended (told
@@ -309,17 +317,32 @@ class NodeHelper:
         after = order.after or ""
         if order.after_node == self.node:
             turn = _Turn(launch, order.marker, self.ends)
-            self.next_up[after] = turn
-            if after in self.alive:  # the driver can now reach it here, to end it
-                conn.send([("waiting", self.node, False)])
-                while not turn.done.wait(TURN_POLL):
-                    if order.marker in self.ends or conn.poll():
-                        break
-            if self.next_up.pop(after, None) is not turn:  # that thread took it:
-                turn.done.wait()  # launched, or declined as ended
+            with self.turn_lock:
+                stale = self.next_up.get(after)
+                self.next_up[after] = turn
+            if stale is not None:  # one that waited for the same attempt, whose task died
+                stale.superseded = True  # (the driver then sent this one in its place)
+                stale.done.set()
+            try:
+                if after in self.alive:  # the driver can now reach it here, to end it
+                    conn.send([("waiting", self.node, False)])
+                    while not turn.done.wait(TURN_POLL):
+                        if order.marker in self.ends or conn.poll():
+                            break
+            except OSError:  # its task is gone (run() sees it)
+                pass
+            finally:
+                with self.turn_lock:
+                    mine = self.next_up.get(after) is turn
+                    if mine:  # not taken: nobody launches it but this thread
+                        del self.next_up[after]
+            if not mine:  # that attempt's thread took it (or a newer one superseded it)
+                turn.done.wait()
+                if turn.superseded:
+                    raise _Superseded
                 if turn.error is not None:
                     raise turn.error
-                if turn.out is not None:
+                if turn.out is not None:  # launched (else declined: it was ended)
                     return turn.out
         else:
             done = self.turns[order.marker] = threading.Event()
@@ -359,7 +382,8 @@ class NodeHelper:
     def _gone(self, marker: str) -> None:
         """``marker``'s process is gone: launch the attempt waiting here for its slot."""
         self.alive.discard(marker)
-        turn = self.next_up.pop(marker, None)
+        with self.turn_lock:  # taken: its waiting thread leaves the launch to this one
+            turn = self.next_up.pop(marker, None)
         if turn is not None:
             turn()
 
@@ -378,7 +402,10 @@ class NodeHelper:
         launch = functools.partial(self._launch, order, gpu, task, watchers, log_path)
         a: Attempt | None = None
         if order.after is not None:  # (all of the above is ready before the turn comes)
-            turn = self.take_turn(order, conn, launch)
+            try:
+                turn = self.take_turn(order, conn, launch)
+            except _Superseded:
+                return
             if isinstance(turn, AttemptResult):
                 yield [("final", turn, "")]
                 return
@@ -421,6 +448,13 @@ class NodeHelper:
                     yield held
                     held = []
         finally:
+            if ended is None:  # its supervision failed, or nobody reads it any more (the
+                try:  # generator was closed): the fold does not outlive it, nor run beside
+                    a.end(Status.CANCELLED, "its supervision stopped", time.monotonic(), hard=True)
+                    term.wait(time.monotonic() + Timing.REAP_WAIT)  # the slot's next one
+                    a.wait_exit(Timing.REAP_WAIT)
+                except Exception:  # noqa: BLE001 - the exception on its way out matters more
+                    pass
             self._gone(order.marker)
         self.ends.pop(order.marker, None)
         with self._cleaning:
@@ -453,6 +487,10 @@ class NodeHelper:
             pass
 
 
+class _Superseded(Exception):
+    """A waiting attempt whose place a newer one took (its task died meanwhile)."""
+
+
 class _Turn:
     """A waiting attempt's launch, called by the thread of the attempt whose slot it waits
     for, the moment that one's process is gone; not when the driver ended it meanwhile."""
@@ -463,6 +501,7 @@ class _Turn:
         self.done = threading.Event()
         self.out: Attempt | None = None
         self.error: Exception | None = None
+        self.superseded = False
 
     def __call__(self) -> None:
         try:
@@ -539,10 +578,10 @@ class _LogTail:
 
 
 def warm_worker(hold: float) -> int:
-    """A task that does nothing for ``hold`` seconds. The driver sends one per slot of
-    each node before the first attempt: Ray then starts the workers that the attempts'
-    tasks will run in side by side, each importing this module, instead of one at a time
-    as the first attempts wait for them (a second or more each on a busy machine)."""
+    """A task that does nothing for ``hold`` seconds. The driver sends :func:`warm_workers`
+    of them to each node before the first attempt: Ray then starts the workers that the
+    attempts' tasks will run in side by side, each importing this module, instead of one at
+    a time as the first attempts wait for them (a second or more each on a busy machine)."""
     time.sleep(hold)
     return os.getpid()
 

@@ -55,7 +55,8 @@ def ray_run(s: Spec, address: str | None, namespace: str, workers: int | None, s
                                     spares=s.resources.spares, preload=tuple(s.preload),
                                     per_gpu=per_gpu, gpus=use_gpus, cpus_per_fold=cpus_per_fold,
                                     workers=n)
+            adaptive = s.search is not None and s.search.optuna is not None
             return RayBackend(settings, gpus_per_fold=1.0 / per_gpu if use_gpus else 0.0,
-                              cpus_per_fold=cpus_per_fold)
+                              cpus_per_fold=cpus_per_fold, handover=not adaptive)
 
         yield RayRun([Slot(i) for i in range(n)], make)

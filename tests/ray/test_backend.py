@@ -266,6 +266,41 @@ def test_an_attempt_waiting_for_its_slot_is_ended_before_it_starts(tmp_path, ray
     assert not marked_alive()
 
 
+def test_an_adaptive_search_runs_on_ray_and_keeps_each_slot_until_its_fold_ends(tmp_path,
+                                                                                 ray_cluster):
+    # search.optuna on the cluster: the study and the journal as locally; no handover (the
+    # pruner judges each fold at its end, and a trial's next fold waits for that)
+    spans = tmp_path / "spans"
+    spec = write_spec(
+        tmp_path, "adaptive", entrypoint="rayfolds:exits_slowly", cv={"folds": 2},
+        params={"seconds": 0.1, "exit": 0.8, "spans": str(spans)},
+        search={"optuna": {"trials": 3, "sampler": "tpe", "seed": 3,
+                           "space": {"x": {"uniform": [0.0, 1.0]}},
+                           "pruner": {"median": {"warmup_folds": 0, "min_trials": 2}}}},
+        objective={"metric": "acc", "mode": "max"},
+        resources={"gpus": "none", "workers": 1},
+        limits={"timeout": "30s", "grace": "1s", "exit_timeout": "10s"},
+    )
+    since = time.time()
+    out = run_on(ray_cluster, spec, tmp_path / "run")
+    assert out.returncode == 0, out.stderr
+    df = pd.read_csv(tmp_path / "run" / "results.csv")
+    assert len(df) == 6 and set(df["status"]) <= {"ok", "pruned"}, df[["fold_id", "status"]]
+    assert df["param_x"].nunique() == 3
+    import optuna
+
+    study = optuna.load_study(study_name="adaptive",
+                              storage=f"sqlite:///{tmp_path / 'run' / 'optuna.sqlite'}")
+    assert len(study.trials) == 3 and all(t.state.is_finished() for t in study.trials)
+    ran = df[df["status"] == "ok"]
+    running = tasks_running_at(ray_cluster, since, len(ran))
+    exits = sorted((json.loads((spans / f"{f}.1.json").read_text())["t0"],
+                    json.loads((spans / f"{f}.1.json").read_text())["t1"], f) for f in ran["fold_id"])
+    for (_, prev_exit, prev), (_, _, nxt) in zip(exits, exits[1:]):
+        assert running[f"{nxt}.1"] >= prev_exit, f"{nxt}'s task ran while {prev}'s process exited"
+    assert not marked_alive()
+
+
 def test_a_lost_node_fails_its_attempts_which_are_retried_elsewhere(tmp_path):
     with RayCluster(workers=1, gpus_per_node=0) as cluster:
         spec = write_spec(
