@@ -275,13 +275,15 @@ def tf_idle_gaps(folds: int, work: float) -> tuple[float, float, float, float, f
 
     local = run_mode("warm spares", folds, work, True, "forkserver")["gap"]
     harness = load_harness()
-    with harness.RayCluster(workers=1, gpus_per_node=0, head_cpus=0) as cluster:
-        out = _on_cluster(cluster, _RAY_TF, folds, work, HERE, timeout=900)
-        floor = _on_cluster(cluster, _RAY_FLOOR, 30)["gap"]
-    with harness.RayCluster(workers=1, gpus_per_node=0, head_cpus=0, cpus_per_node=1) as cluster:
-        full = _on_cluster(cluster, _RAY_TF, folds, work, HERE, timeout=900)["gap"]
-        full_floor = _on_cluster(cluster, _RAY_FLOOR, 30)["gap"]
-    return local, out["gap"], full, floor, full_floor, out["nodes"]
+
+    def on_a_remote_node(cpus: int) -> tuple[dict, float]:
+        with harness.RayCluster(workers=1, gpus_per_node=0, head_cpus=0, cpus_per_node=cpus) as cluster:
+            return (_on_cluster(cluster, _RAY_TF, folds, work, HERE, timeout=900),
+                    _on_cluster(cluster, _RAY_FLOOR, 30)["gap"])
+
+    out, floor = on_a_remote_node(2)
+    full, full_floor = on_a_remote_node(1)
+    return local, out["gap"], full["gap"], floor, full_floor, out["nodes"]
 
 
 def ray_rows(args: argparse.Namespace, local_folds_per_s: float) -> None:

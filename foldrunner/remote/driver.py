@@ -411,14 +411,18 @@ class RemoteAttempt:
         if not self._send_end():  # not started on a node yet: it never will (if it was
             ray.cancel(self.refs, force=False)  # about to, its start sends the end there)
 
+    def _helper(self) -> Any:
+        """The helper of its node, once that is known."""
+        return self.backend.helper(self.node) if self.node else None
+
     def _go(self) -> None:
-        helper = self.backend.helper(self.node) if self.node else None
+        helper = self._helper()
         if helper is not None:
             helper.go.remote(self.marker)
 
     def _send_end(self) -> bool:
         """Send an end asked for to the helper of its node, once that is known."""
-        helper = self.backend.helper(self.node) if self.node else None
+        helper = self._helper()
         if self._unsent_end is None or helper is None:
             return False
         helper.end.remote(self.marker, *self._unsent_end)

@@ -324,13 +324,8 @@ class NodeHelper:
                 stale.superseded = True  # (the driver then sent this one in its place)
                 stale.done.set()
             try:
-                if after in self.alive:  # the driver can now reach it here, to end it
-                    conn.send([("waiting", self.node, False)])
-                    while not turn.done.wait(TURN_POLL):
-                        if order.marker in self.ends or conn.poll():
-                            break
-            except OSError:  # its task is gone (run() sees it)
-                pass
+                if after in self.alive:
+                    self._wait(turn.done, order, conn, elsewhere=False)
             finally:
                 with self.turn_lock:
                     mine = self.next_up.get(after) is turn
@@ -347,10 +342,7 @@ class NodeHelper:
         else:
             done = self.turns[order.marker] = threading.Event()
             try:
-                conn.send([("waiting", self.node, True)])  # the driver says go (or ends it)
-                while not done.wait(TURN_POLL):
-                    if order.marker in self.ends or conn.poll():
-                        break
+                self._wait(done, order, conn, elsewhere=True)  # the driver says go (or ends it)
             finally:
                 self.turns.pop(order.marker, None)
         request = self.ends.pop(order.marker, None)
@@ -361,6 +353,18 @@ class NodeHelper:
             fold_id=order.fold.fold_id, attempt=order.number, status=request[0], started_at=now,
             ended_at=now, duration_s=0.0, error=f"{request[1]} (before it started)",
             log_path=str(self.paths.log(order.fold.fold_id, order.number)))
+
+    def _wait(self, done: threading.Event, order: AttemptOrder, conn: Connection,
+              elsewhere: bool) -> None:
+        """Tell the driver ``order`` waits here (it can now reach it to end it), then wait
+        until ``done``, an end asked for, or its task gone (:meth:`run` sees that)."""
+        try:
+            conn.send([("waiting", self.node, elsewhere)])
+            while not done.wait(TURN_POLL):
+                if order.marker in self.ends or conn.poll():
+                    return
+        except OSError:  # its task is gone
+            pass
 
     def _launch(self, order: AttemptOrder, gpu: int | None, task: ChildTask, watchers: Watchers,
                 log_path: Path) -> Attempt:
@@ -456,7 +460,6 @@ class NodeHelper:
                 except Exception:  # noqa: BLE001 - the exception on its way out matters more
                     pass
             self._gone(order.marker)
-        self.ends.pop(order.marker, None)
         with self._cleaning:
             self._cleanups += 1
         try:

@@ -1,17 +1,17 @@
 """The scheduler's source of folds for an adaptive search: ask, prune, tell.
 
 :class:`TrialSource` is what :class:`~foldrunner.engine.scheduler.Scheduler` asks for more
-work when a slot would otherwise be idle (and no started trial has a fold waiting: those
-are queued first; with a pruner, a fold that the fold before it may still prune out is
-held back while a new trial can start instead, see :meth:`TrialSource.holds`). Each time it asks the study for one trial, journals the trial and its
-folds, and hands them over in launch order (replicate-major, then fold). When a fold
-ends it records the score; with a pruner, it decides whether the trial goes on
-(:mod:`foldrunner.search.pruner`, or Optuna's Wilcoxon pruner); a pruned trial's
-unstarted folds are taken out of the queue and its running ones ended through the
-scheduler's stop path (:class:`~foldrunner.engine.scheduler.Withdraw`). Once every fold of
-a trial has ended for good, the journal records how the trial ended and then the study
-is told: ``COMPLETE`` with the objective's mean over all of its folds, ``PRUNED``, or
-``FAIL`` (a fold that failed after its retries is not a score).
+work when a slot would otherwise be idle (and no started trial has a fold waiting: those are
+queued first; with a pruner, a fold that the fold before it may still prune out is held back
+while a new trial can start instead, see :meth:`TrialSource.holds`). Each time it asks the
+study for one trial, journals the trial and its folds, and hands them over in launch order
+(replicate-major, then fold). When a fold ends it records the score; with a pruner, it
+decides whether the trial goes on (:mod:`foldrunner.search.pruner`, or Optuna's Wilcoxon
+pruner); a pruned trial's unstarted folds are taken out of the queue and its running ones
+ended through the scheduler's stop path (:class:`~foldrunner.engine.scheduler.Withdraw`).
+Once every fold of a trial has ended for good, the journal records how the trial ended and
+then the study is told: ``COMPLETE`` with the objective's mean over all of its folds,
+``PRUNED``, or ``FAIL`` (a fold that failed after its retries is not a score).
 
 A trial's states in the journal: ``running`` (in flight), ``pruning`` (pruned, its
 running folds ending), ``complete``, ``pruned``, ``fail``. :meth:`TrialSource.open`

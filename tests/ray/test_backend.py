@@ -58,9 +58,14 @@ def spans_by(df: pd.DataFrame, spans: Path, key) -> dict:  # type: ignore[no-unt
     """Each ``key(row)``'s ``(start, end)`` of its folds (rayfolds:span's records), sorted."""
     out: dict = {}
     for row in df.itertuples():
-        s = json.loads((spans / f"{row.fold_id}.1.json").read_text())
+        s = span_of(spans, row.fold_id)
         out.setdefault(key(row), []).append((s["t0"], s["t1"]))
     return {k: sorted(v) for k, v in out.items()}
+
+
+def span_of(spans: Path, fold_id: str) -> dict:
+    """What rayfolds recorded of ``fold_id``'s first attempt."""
+    return json.loads((spans / f"{fold_id}.1.json").read_text())
 
 
 def assert_one_at_a_time(by: dict, what: str) -> None:
@@ -230,10 +235,9 @@ def test_a_fold_that_exits_slowly_hands_its_slot_over_on_its_result(tmp_path, ra
     by_run = spans_by(df, spans, lambda row: "the run")
     assert_one_at_a_time(by_run, "slot of")
     running = tasks_running_at(ray_cluster, since, 4)
-    order = df.assign(t0=[json.loads((spans / f"{f}.1.json").read_text())["t0"]
-                          for f in df["fold_id"]]).sort_values("t0")
+    order = df.assign(t0=[span_of(spans, f)["t0"] for f in df["fold_id"]]).sort_values("t0")
     for prev, nxt in zip(order.itertuples(), list(order.itertuples())[1:]):
-        prev_exit = json.loads((spans / f"{prev.fold_id}.1.json").read_text())["t1"]
+        prev_exit = span_of(spans, prev.fold_id)["t1"]
         assert running[f"{nxt.fold_id}.1"] < prev_exit, \
             f"{nxt.fold_id}'s task began only after {prev.fold_id}'s process was gone"
         assert (nxt.node == prev.node) == (where == "the same node")
@@ -294,8 +298,7 @@ def test_an_adaptive_search_runs_on_ray_and_keeps_each_slot_until_its_fold_ends(
     assert len(study.trials) == 3 and all(t.state.is_finished() for t in study.trials)
     ran = df[df["status"] == "ok"]
     running = tasks_running_at(ray_cluster, since, len(ran))
-    exits = sorted((json.loads((spans / f"{f}.1.json").read_text())["t0"],
-                    json.loads((spans / f"{f}.1.json").read_text())["t1"], f) for f in ran["fold_id"])
+    exits = sorted((span_of(spans, f)["t0"], span_of(spans, f)["t1"], f) for f in ran["fold_id"])
     for (_, prev_exit, prev), (_, _, nxt) in zip(exits, exits[1:]):
         assert running[f"{nxt}.1"] >= prev_exit, f"{nxt}'s task ran while {prev}'s process exited"
     assert not marked_alive()
